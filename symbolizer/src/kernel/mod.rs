@@ -1,0 +1,5 @@
+//! Kernel symbols from `/proc/kallsyms`.
+
+mod kallsyms;
+
+pub use kallsyms::{Kallsyms, KernelSymbol};

@@ -1,0 +1,80 @@
+//! Turns ELF virtual addresses into frames: symbol tables, DWARF with inline frames and Go pclntab,
+//! plus kernel symbols from `/proc/kallsyms`.
+//!
+//! ```no_run
+//! use symbolizer::{Binary, Symbolizer, SymbolizerConfig};
+//! let bin = Binary::open("/usr/bin/true".as_ref()).unwrap();
+//! let mut s = Symbolizer::new(SymbolizerConfig::default());
+//! for lookup in s.symbolize(&bin, &[0x1234]).unwrap() {
+//!     println!("{lookup:?}");
+//! }
+//! ```
+
+mod binary;
+mod cache;
+pub mod demangle;
+pub mod elf;
+pub mod kernel;
+mod symbolizer;
+
+pub use binary::{Binary, BinaryId, LoadSegment};
+pub use kernel::{Kallsyms, KernelSymbol};
+pub use symbolizer::{Symbolizer, SymbolizerConfig};
+
+use std::path::PathBuf;
+
+/// One frame; a lookup yields them innermost first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Demangled function name.
+    pub function: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// True for every frame except the outermost (physical) one.
+    pub inlined: bool,
+}
+
+/// Why an address has no frames. A reason, not an error: the binary itself was fine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Miss {
+    /// The binary has symbols, but none covers the address.
+    UnknownAddress,
+    /// The binary has no symbol source at all (stripped, no DWARF, no pclntab).
+    NoSymbols,
+    /// The symbol source uses a format this crate does not read.
+    Unsupported,
+    /// The symbol source is corrupt at this address.
+    Malformed,
+}
+
+impl Miss {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Miss::UnknownAddress => "unknown_address",
+            Miss::NoSymbols => "no_symbols",
+            Miss::Unsupported => "unsupported",
+            Miss::Malformed => "malformed",
+        }
+    }
+}
+
+impl std::fmt::Display for Miss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Frames innermost first, or why there are none.
+pub type Lookup = Result<Vec<Frame>, Miss>;
+
+#[derive(thiserror::Error, Debug)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot parse object file: {0}")]
+    Object(#[from] object::Error),
+    #[error("not an ELF file")]
+    NotElf,
+    #[error("malformed {what}")]
+    Malformed { what: &'static str },
+}

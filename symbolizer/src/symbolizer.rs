@@ -1,0 +1,112 @@
+//! The caching front end: one parsed context per binary, plus a per-address result cache.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use crate::cache::Lru;
+use crate::demangle::demangle;
+use crate::elf::ElfSymbols;
+use crate::{Binary, BinaryId, Error, Frame, Lookup};
+
+#[derive(Debug, Clone)]
+pub struct SymbolizerConfig {
+    /// Report inline frames (DWARF and Go). Off: only the physical frame.
+    pub inlines: bool,
+    /// Where separate debug files are searched (`.build-id/xx/yyyy.debug` and debuglink names).
+    pub debug_dirs: Vec<PathBuf>,
+    /// How many parsed binaries to keep.
+    pub cache_binaries: usize,
+    /// How many resolved addresses to keep per binary; 0 disables the address cache.
+    pub cache_addresses: usize,
+}
+
+impl Default for SymbolizerConfig {
+    fn default() -> Self {
+        SymbolizerConfig {
+            inlines: true,
+            debug_dirs: vec![PathBuf::from("/usr/lib/debug")],
+            cache_binaries: 32,
+            cache_addresses: 1 << 16,
+        }
+    }
+}
+
+/// Everything parsed from one binary.
+struct Context {
+    elf: ElfSymbols,
+    addresses: HashMap<u64, Lookup>,
+}
+
+impl Context {
+    fn build(binary: &Binary, _config: &SymbolizerConfig) -> Result<Context, Error> {
+        let obj = object::File::parse(binary.bytes())?;
+        let elf = ElfSymbols::from_object(&obj);
+        Ok(Context { elf, addresses: HashMap::new() })
+    }
+
+    fn resolve(&self, addr: u64) -> Lookup {
+        let sym = self.elf.lookup(addr)?;
+        Ok(vec![Frame { function: demangle(&sym.name), file: None, line: None, inlined: false }])
+    }
+}
+
+/// Resolves addresses of many binaries, caching parsed state. Not `Sync`: drive it from one
+/// thread (e.g. a blocking task) and send it requests.
+pub struct Symbolizer {
+    config: SymbolizerConfig,
+    contexts: Lru<BinaryId, Context>,
+}
+
+impl Symbolizer {
+    pub fn new(config: SymbolizerConfig) -> Self {
+        let contexts = Lru::new(config.cache_binaries);
+        Symbolizer { config, contexts }
+    }
+
+    pub fn config(&self) -> &SymbolizerConfig {
+        &self.config
+    }
+
+    /// Resolves ELF virtual addresses (already normalized; pass `pc - 1` for return addresses).
+    /// Fails only when the binary cannot be parsed at all; per-address failures are [`crate::Miss`].
+    pub fn symbolize(&mut self, binary: &Binary, addrs: &[u64]) -> Result<Vec<Lookup>, Error> {
+        let ctx = match self.contexts.get_mut(binary.id()) {
+            Some(ctx) => ctx,
+            None => {
+                let ctx = Context::build(binary, &self.config)?;
+                self.contexts.insert(binary.id().clone(), ctx)
+            }
+        };
+        let cap = self.config.cache_addresses;
+        Ok(addrs
+            .iter()
+            .map(|&addr| {
+                if let Some(hit) = ctx.addresses.get(&addr) {
+                    return hit.clone();
+                }
+                let result = ctx.resolve(addr);
+                if cap > 0 {
+                    if ctx.addresses.len() >= cap {
+                        ctx.addresses.clear();
+                    }
+                    ctx.addresses.insert(addr, result.clone());
+                }
+                result
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symbolizer_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Symbolizer>();
+        assert_send::<std::sync::Arc<Binary>>();
+        fn assert_sync<T: Sync>() {}
+        assert_sync::<Binary>();
+    }
+}
