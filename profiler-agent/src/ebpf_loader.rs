@@ -1,0 +1,166 @@
+//! Loads the eBPF program, attaches it to every CPU and reads its counters.
+use std::mem::size_of;
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        PerfEvent,
+    },
+    Ebpf, EbpfLoader,
+};
+use profiler_common::{names, Counter, RawSample, PROGRAM_NAME};
+use tracing::{debug, info, warn};
+
+/// Bytes one record takes in the ring: the sample plus the kernel's 8-byte record header.
+pub const RECORD_BYTES: u64 = (size_of::<RawSample>() as u64 + 8 + 7) & !7;
+const PAGE: u64 = 4096;
+const MIN_RING_BYTES: u64 = 16 * PAGE;
+
+/// Ring size for a one-second burst on every CPU, doubled, as a power-of-two number of pages.
+pub fn ring_buffer_bytes(frequency: u64, cpus: u64, requested: Option<u64>) -> u64 {
+    let wanted = requested.unwrap_or_else(|| frequency * cpus * RECORD_BYTES * 2);
+    let floor = if requested.is_some() { PAGE } else { MIN_RING_BYTES };
+    wanted.max(floor).next_power_of_two()
+}
+
+/// Per-CPU counters summed over CPUs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KernelCounters(pub [u64; Counter::COUNT as usize]);
+
+impl KernelCounters {
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0[c as usize]
+    }
+    pub fn delta_since(&self, earlier: &KernelCounters) -> KernelCounters {
+        let mut out = KernelCounters::default();
+        for i in 0..out.0.len() {
+            out.0[i] = self.0[i].saturating_sub(earlier.0[i]);
+        }
+        out
+    }
+}
+
+pub struct LoadedProgram {
+    ebpf: Ebpf,
+    counters: PerCpuArray<MapData, u64>,
+    pub attached_cpus: Vec<u32>,
+    pub failed_cpus: Vec<u32>,
+    pub ring_bytes: u64,
+}
+
+/// Raises RLIMIT_MEMLOCK; kernels before 5.11 charge BPF maps against it. Newer kernels
+/// charge the memory cgroup instead, so a failure here only matters if loading fails later.
+fn raise_memlock() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads the struct we pass and has no other effect on memory.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        debug!(error = %std::io::Error::last_os_error(), "could not raise RLIMIT_MEMLOCK (not needed on kernels >= 5.11)");
+    }
+}
+
+impl LoadedProgram {
+    /// Loads the program with the given filter and ring size, and attaches it to every online CPU.
+    /// A CPU that fails to attach is logged and counted; only failing on all CPUs is an error.
+    pub fn load_and_attach(frequency: u64, pids: &[u32], ring_request: Option<u64>) -> Result<(Self, RingBuf<MapData>)> {
+        raise_memlock();
+        let cpus = aya::util::online_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+        let ring_bytes = ring_buffer_bytes(frequency, cpus.len() as u64, ring_request);
+        let ring_u32 = u32::try_from(ring_bytes).context("ring buffer size above 4 GiB")?;
+        let filter_enabled: u8 = u8::from(!pids.is_empty());
+        let wakeup_bytes: u64 = (ring_bytes / 4).max(RECORD_BYTES);
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::SAMPLES, ring_u32)
+            .override_global(names::FILTER_ENABLED, &filter_enabled, true)
+            .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
+            .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler")))
+            .context("loading the eBPF object")?;
+
+        if !pids.is_empty() {
+            let mut filter: HashMap<_, u32, u8> = HashMap::try_from(
+                ebpf.map_mut(names::FILTER_PIDS).context("FILTER_PIDS map missing")?,
+            )?;
+            for &pid in pids {
+                filter.insert(pid, 1, 0).with_context(|| format!("adding pid {pid} to the filter"))?;
+            }
+        }
+
+        let program: &mut PerfEvent = ebpf
+            .program_mut(PROGRAM_NAME)
+            .context("eBPF program missing from the object")?
+            .try_into()?;
+        program.load().context("the verifier rejected the program")?;
+        let mut attached_cpus = Vec::new();
+        let mut failed_cpus = Vec::new();
+        for cpu in cpus {
+            match program.attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Frequency(frequency),
+                false,
+            ) {
+                Ok(_) => attached_cpus.push(cpu),
+                Err(error) => {
+                    warn!(cpu, error = %error, "attach failed on this CPU; profiling goes on without it");
+                    failed_cpus.push(cpu);
+                }
+            }
+        }
+        if attached_cpus.is_empty() {
+            return Err(anyhow!("could not attach to any CPU"));
+        }
+        let ring = RingBuf::try_from(ebpf.take_map(names::SAMPLES).context("SAMPLES map missing")?)?;
+        let counters = PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).context("COUNTERS map missing")?)?;
+        info!(cpus = attached_cpus.len(), failed = failed_cpus.len(), frequency, ring_bytes, "attached");
+        Ok((LoadedProgram { ebpf, counters, attached_cpus, failed_cpus, ring_bytes }, ring))
+    }
+
+    pub fn counters(&self) -> KernelCounters {
+        let mut out = KernelCounters::default();
+        for c in Counter::ALL {
+            match self.counters.get(&(c as u32), 0) {
+                Ok(values) => out.0[c as usize] = values.iter().sum(),
+                Err(error) => warn!(counter = c.name(), error = %error, "reading counter failed"),
+            }
+        }
+        out
+    }
+
+    /// Detaches from every CPU, so no sample is produced after this returns.
+    pub fn detach(&mut self) {
+        if let Some(program) = self.ebpf.program_mut(PROGRAM_NAME) {
+            let program: Result<&mut PerfEvent, _> = program.try_into();
+            if let Ok(program) = program {
+                if let Err(error) = program.unload() {
+                    warn!(error = %error, "detaching the eBPF program failed");
+                }
+            }
+        }
+    }
+
+    /// Kernel-measured run time and count of the program, when `kernel.bpf_stats_enabled` is on.
+    pub fn run_stats(&self) -> Option<(std::time::Duration, u64)> {
+        let program: &PerfEvent = self.ebpf.program(PROGRAM_NAME)?.try_into().ok()?;
+        let info = program.info().ok()?;
+        Some((info.run_time(), info.run_count()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_size_is_a_power_of_two_with_room_for_a_second() {
+        for (hz, cpus) in [(19, 2), (99, 2), (999, 2), (99, 64), (10_000, 8)] {
+            let bytes = ring_buffer_bytes(hz, cpus, None);
+            assert!(bytes.is_power_of_two());
+            assert!(bytes >= hz * cpus * RECORD_BYTES, "{hz} Hz x {cpus}");
+            assert_eq!(bytes % PAGE, 0);
+        }
+        assert_eq!(ring_buffer_bytes(99, 2, Some(1)), PAGE);
+        assert_eq!(ring_buffer_bytes(99, 2, Some(5000)), 2 * PAGE);
+    }
+}

@@ -1,0 +1,158 @@
+//! profiler-agent: loads the eBPF sampler, drains its ring buffer, aggregates and symbolizes
+//! samples, and writes a pprof file every profile interval.
+mod aggregate;
+mod config;
+mod ebpf_loader;
+mod output;
+mod pprof;
+mod proc_maps;
+mod processes;
+mod profile_build;
+mod profile_writer;
+mod ring_reader;
+mod summary;
+
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::Result;
+use clap::Parser as _;
+use profiler_common::Counter;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+    time::{interval_at, sleep, Instant, MissedTickBehavior},
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    aggregate::Aggregator,
+    config::{Args, Config},
+    ebpf_loader::{KernelCounters, LoadedProgram},
+    processes::Processes,
+    profile_writer::{Job, ProfileWriter},
+    ring_reader::ReaderStats,
+};
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config: Config = Args::parse().into();
+    // One thread is plenty for draining the ring; symbolization has its own thread.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = format!("{e:#}"), "profiler-agent failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Drop counters of one interval, written into the profile's comments.
+fn interval_comments(k: &KernelCounters, delivered: u64, reader: &ReaderStats, procs: &processes::ProcessStats) -> Vec<String> {
+    let mut c: Vec<String> = Counter::ALL.iter().map(|&x| format!("{}={}", x.name(), k.get(x))).collect();
+    c.push(format!("delivered={delivered}"));
+    c.push(format!("malformed_records={}", reader.malformed));
+    c.push(format!("maps_unreadable={}", procs.maps_unreadable));
+    c.push(format!("binary_open_failed={}", procs.binary_open_failed));
+    c
+}
+
+async fn run(config: Config) -> Result<()> {
+    let (mut program, ring) = LoadedProgram::load_and_attach(config.frequency, &config.pids, config.ring_buffer_bytes)?;
+    let writer = ProfileWriter::spawn(config.output_dir.clone(), config.period_ns())?;
+    // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for as long as the
+    // AsyncFd that wraps it exists.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("registering the ring buffer with epoll: {e}"))?;
+    let mut processes = Processes::new("/proc");
+    let mut agg = Aggregator::new();
+    let mut reader = ReaderStats::default();
+    let mut last_counters = KernelCounters::default();
+    let mut last_delivered = 0u64;
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let deadline = sleep(config.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+    tokio::pin!(deadline);
+    let start = Instant::now();
+    let mut flush = interval_at(start + config.profile_interval, config.profile_interval);
+    flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut drain_tick = interval_at(start + config.stall_reader, config.drain_interval);
+    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let stall_until = start + config.stall_reader;
+
+    let mut flush_now = |agg: &mut Aggregator, processes: &mut Processes, program: &LoadedProgram, reader: &ReaderStats| -> Result<()> {
+        let counters = program.counters();
+        let delta = counters.delta_since(&last_counters);
+        let delivered = reader.delivered - last_delivered;
+        last_counters = counters;
+        last_delivered = reader.delivered;
+        let comments = interval_comments(&delta, delivered, reader, &processes.stats);
+        let drops = delta.get(Counter::RingBufferFull);
+        if drops > 0 {
+            warn!(drops, "ring buffer was full; samples were dropped (raise --ring-buffer-bytes)");
+        }
+        let interval = agg.take(processes);
+        processes.end_interval();
+        writer.submit(Job { interval, comments, drops })
+    };
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut(), if Instant::now() >= stall_until => {
+                let mut guard = guard?;
+                ring_reader::drain(guard.get_inner_mut(), &mut agg, &mut processes, &mut reader);
+                guard.clear_ready();
+            }
+            _ = drain_tick.tick() => {
+                ring_reader::drain(ring.get_mut(), &mut agg, &mut processes, &mut reader);
+            }
+            _ = flush.tick() => {
+                if Instant::now() >= stall_until {
+                    ring_reader::drain(ring.get_mut(), &mut agg, &mut processes, &mut reader);
+                }
+                flush_now(&mut agg, &mut processes, &program, &reader)?;
+            }
+            _ = sigint.recv() => { info!("SIGINT: writing the last profile"); break; }
+            _ = sigterm.recv() => { info!("SIGTERM: writing the last profile"); break; }
+            _ = &mut deadline => { info!("duration reached: writing the last profile"); break; }
+        }
+    }
+
+    // Stop sampling first, so that the final counters and the drained ring agree exactly.
+    program.detach();
+    ring_reader::drain(ring.get_mut(), &mut agg, &mut processes, &mut reader);
+    flush_now(&mut agg, &mut processes, &program, &reader)?;
+    writer.finish();
+
+    let totals = program.counters();
+    info!(
+        samples_taken = totals.get(Counter::SamplesTaken),
+        delivered = reader.delivered,
+        ring_buffer_full = totals.get(Counter::RingBufferFull),
+        user_stack_error = totals.get(Counter::UserStackError),
+        kernel_stack_error = totals.get(Counter::KernelStackError),
+        malformed_records = reader.malformed,
+        maps_unreadable = processes.stats.maps_unreadable,
+        binary_open_failed = processes.stats.binary_open_failed,
+        "totals"
+    );
+    if let Some((run_time, runs)) = program.run_stats() {
+        if runs > 0 {
+            info!(runs, ns_per_run = run_time.as_nanos() as u64 / runs, "bpf program run time");
+        }
+    }
+    Ok(())
+}

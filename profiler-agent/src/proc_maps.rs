@@ -1,0 +1,141 @@
+//! Parsing of `/proc/PID/maps`.
+use std::num::ParseIntError;
+
+/// One line of `/proc/PID/maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    pub executable: bool,
+    /// Offset into the backing file of `start`.
+    pub offset: u64,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    pub inode: u64,
+    /// The backing path, a pseudo name such as `[vdso]`, or empty for anonymous memory.
+    pub path: String,
+}
+
+impl MapEntry {
+    /// Backed by a real file (not anonymous, not a kernel pseudo mapping).
+    pub fn is_file(&self) -> bool {
+        self.inode != 0 && self.path.starts_with('/')
+    }
+    pub fn contains(&self, addr: u64) -> bool {
+        self.start <= addr && addr < self.end
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("line {line}: missing field {field}")]
+    Missing { line: usize, field: &'static str },
+    #[error("line {line}: bad number: {source}")]
+    Number { line: usize, source: ParseIntError },
+}
+
+/// Parses the whole file; the entries come back sorted by start address.
+pub fn parse_maps(text: &str) -> Result<Vec<MapEntry>, ParseError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(parse_line(i + 1, line)?);
+    }
+    out.sort_by_key(|m| m.start);
+    Ok(out)
+}
+
+fn parse_line(line_no: usize, line: &str) -> Result<MapEntry, ParseError> {
+    let missing = |field| ParseError::Missing { line: line_no, field };
+    let number = |source| ParseError::Number { line: line_no, source };
+    let mut rest = line;
+    let mut next_field = |field| {
+        let s = rest.trim_start();
+        let end = s.find(' ').unwrap_or(s.len());
+        let (word, tail) = s.split_at(end);
+        rest = tail;
+        if word.is_empty() {
+            Err(missing(field))
+        } else {
+            Ok(word)
+        }
+    };
+    let range = next_field("range")?;
+    let perms = next_field("perms")?;
+    let offset = next_field("offset")?;
+    let dev = next_field("dev")?;
+    let inode = next_field("inode")?;
+    // The path may contain spaces; it is everything after the inode, trimmed.
+    let path = rest.trim().to_string();
+
+    let (start, end) = range.split_once('-').ok_or_else(|| missing("range end"))?;
+    let (major, minor) = dev.split_once(':').ok_or_else(|| missing("dev minor"))?;
+    Ok(MapEntry {
+        start: u64::from_str_radix(start, 16).map_err(number)?,
+        end: u64::from_str_radix(end, 16).map_err(number)?,
+        executable: perms.as_bytes().get(2) == Some(&b'x'),
+        offset: u64::from_str_radix(offset, 16).map_err(number)?,
+        dev_major: u32::from_str_radix(major, 16).map_err(number)?,
+        dev_minor: u32::from_str_radix(minor, 16).map_err(number)?,
+        inode: inode.parse().map_err(number)?,
+        path,
+    })
+}
+
+/// The mapping that contains `addr`, by binary search over entries sorted by start.
+pub fn find(maps: &[MapEntry], addr: u64) -> Option<&MapEntry> {
+    let idx = maps.partition_point(|m| m.start <= addr);
+    let candidate = maps.get(idx.checked_sub(1)?)?;
+    candidate.contains(addr).then_some(candidate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+55d4c8a00000-55d4c8a02000 r--p 00000000 fe:01 1835042                    /usr/bin/cat
+55d4c8a02000-55d4c8a07000 r-xp 00002000 fe:01 1835042                    /usr/bin/cat
+7f1e2c000000-7f1e2c021000 rw-p 00000000 00:00 0 
+7f1e2c200000-7f1e2c228000 r-xp 00028000 fe:01 1835 /opt/my app/lib with space.so
+7ffd1a7f0000-7ffd1a7f2000 r-xp 00000000 00:00 0                          [vdso]
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
+";
+
+    #[test]
+    fn parses_real_lines() {
+        let maps = parse_maps(SAMPLE).unwrap();
+        assert_eq!(maps.len(), 6);
+        assert_eq!(maps[1].start, 0x55d4c8a02000);
+        assert!(maps[1].executable && !maps[0].executable);
+        assert_eq!(maps[1].offset, 0x2000);
+        assert_eq!((maps[1].dev_major, maps[1].dev_minor, maps[1].inode), (0xfe, 1, 1835042));
+        assert_eq!(maps[3].path, "/opt/my app/lib with space.so");
+        assert!(maps[3].is_file());
+        assert!(!maps[2].is_file() && maps[2].path.is_empty());
+        assert!(!maps[4].is_file());
+        assert_eq!(maps[4].path, "[vdso]");
+    }
+
+    #[test]
+    fn find_respects_bounds() {
+        let maps = parse_maps(SAMPLE).unwrap();
+        assert_eq!(find(&maps, 0x55d4c8a02000).unwrap().offset, 0x2000);
+        assert_eq!(find(&maps, 0x55d4c8a06fff).unwrap().offset, 0x2000);
+        assert!(find(&maps, 0x55d4c8a07000).is_none());
+        assert!(find(&maps, 0x1000).is_none());
+        assert!(find(&maps, u64::MAX).is_none());
+    }
+
+    #[test]
+    fn bad_lines_are_errors_not_panics() {
+        for bad in ["", "zz-10 r-xp 0 fe:01 1", "10-20", "10-20 r-xp 0 fe01 1 /x", "10 r-xp 0 fe:01 1"] {
+            let r = parse_maps(bad);
+            if !bad.is_empty() {
+                assert!(r.is_err(), "{bad:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Turns one aggregated interval into a symbolized pprof profile.
+use std::{
+    collections::HashMap,
+    path::Path,
+    time::UNIX_EPOCH,
+};
+
+use symbolizer::{Frame, Kallsyms, Lookup, Symbolizer};
+use tracing::warn;
+
+use crate::{
+    aggregate::Interval,
+    pprof::{
+        builder::{LineSpec, MappingSpec, ProfileBuilder},
+        proto::Profile,
+    },
+    processes::{BinaryKey, UserFrame},
+};
+
+/// Symbol sources that live as long as the agent.
+pub struct Symbols {
+    pub symbolizer: Symbolizer,
+    pub kallsyms: Option<Kallsyms>,
+}
+
+impl Symbols {
+    pub fn new(symbolizer: Symbolizer, kallsyms_path: &Path) -> Self {
+        let kallsyms = match Kallsyms::load(kallsyms_path) {
+            Ok(k) if k.len() > 0 => Some(k),
+            Ok(_) => {
+                warn!(path = %kallsyms_path.display(), "kallsyms is empty; kernel frames stay unsymbolized");
+                None
+            }
+            Err(error) => {
+                warn!(path = %kallsyms_path.display(), %error, "cannot read kallsyms; kernel frames stay unsymbolized");
+                None
+            }
+        };
+        Symbols { symbolizer, kallsyms }
+    }
+}
+
+/// Counts of what could not be symbolized, for the summary and the profile's comments.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SymbolStats {
+    pub frames: u64,
+    pub unsymbolized: u64,
+    pub binary_errors: u64,
+}
+
+/// Header facts for the profile.
+pub struct ProfileMeta<'a> {
+    pub period_ns: i64,
+    pub comments: &'a [String],
+}
+
+fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Symbolizes every distinct (binary, address) of the interval in one batch per binary.
+fn symbolize_user(interval: &Interval, symbols: &mut Symbols, stats: &mut SymbolStats) -> HashMap<(BinaryKey, u64), Lookup> {
+    let mut wanted: HashMap<BinaryKey, Vec<u64>> = HashMap::new();
+    for s in &interval.stacks {
+        for (depth, f) in s.user.iter().enumerate() {
+            if let UserFrame::Binary { binary, vaddr } = f {
+                wanted.entry(*binary).or_default().push(lookup_addr(*vaddr, depth));
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    for (key, mut addrs) in wanted {
+        addrs.sort_unstable();
+        addrs.dedup();
+        let Some(info) = interval.binaries.get(&key) else { continue };
+        match symbols.symbolizer.symbolize(&info.binary, &addrs) {
+            Ok(results) => {
+                for (addr, r) in addrs.into_iter().zip(results) {
+                    out.insert((key, addr), r);
+                }
+            }
+            Err(error) => {
+                stats.binary_errors += 1;
+                warn!(path = %info.path, %error, "symbolizing this binary failed; its frames keep addresses");
+            }
+        }
+    }
+    out
+}
+
+/// Return addresses point after the call; look up the call instruction itself.
+fn lookup_addr(addr: u64, depth: usize) -> u64 {
+    if depth == 0 {
+        addr
+    } else {
+        addr.saturating_sub(1)
+    }
+}
+
+pub fn build_profile(interval: &Interval, symbols: &mut Symbols, meta: &ProfileMeta<'_>) -> (Profile, SymbolStats) {
+    let mut stats = SymbolStats::default();
+    let user_symbols = symbolize_user(interval, symbols, &mut stats);
+    let mut b = ProfileBuilder::new();
+    let mut binary_mappings: HashMap<BinaryKey, u64> = HashMap::new();
+    let mut region_mappings: HashMap<String, u64> = HashMap::new();
+    let mut kernel_mapping = None;
+    let mut kernel_range = (u64::MAX, 0u64);
+    let mut mapping_has = HashMap::<u64, (bool, bool, bool, bool)>::new();
+
+    for s in &interval.stacks {
+        let mut locations = Vec::with_capacity(s.kernel.len() + s.user.len());
+        for (depth, &addr) in s.kernel.iter().enumerate() {
+            stats.frames += 1;
+            let mapping = *kernel_mapping.get_or_insert_with(|| {
+                b.add_mapping(MappingSpec { memory_start: 0, memory_limit: 0, file_offset: 0, filename: "[kernel.kallsyms]", build_id: "" })
+            });
+            kernel_range = (kernel_range.0.min(addr), kernel_range.1.max(addr));
+            let symbol = symbols.kallsyms.as_ref().and_then(|k| k.lookup(lookup_addr(addr, depth)).ok());
+            let name = match symbol {
+                Some(sym) => match sym.module {
+                    Some(module) => format!("{} [{}]", sym.name, module),
+                    None => sym.name.to_string(),
+                },
+                None => {
+                    stats.unsymbolized += 1;
+                    format!("[kernel]+0x{addr:x}")
+                }
+            };
+            if symbol.is_some() {
+                mapping_has.entry(mapping).or_default().0 = true;
+            }
+            locations.push(b.location(mapping, addr, depth == 0, &[LineSpec { function: &name, filename: "", line: 0 }]));
+        }
+        for (depth, f) in s.user.iter().enumerate() {
+            stats.frames += 1;
+            let is_leaf = depth == 0;
+            let id = match f {
+                UserFrame::Binary { binary, vaddr } => {
+                    let Some(info) = interval.binaries.get(binary) else { continue };
+                    let mapping = *binary_mappings.entry(*binary).or_insert_with(|| {
+                        let segs: Vec<_> = info.binary.load_segments().iter().filter(|s| s.executable).collect();
+                        let start = segs.iter().map(|s| s.p_vaddr).min().unwrap_or(0);
+                        let limit = segs.iter().map(|s| s.p_vaddr + s.p_memsz).max().unwrap_or(u64::MAX);
+                        let offset = segs.iter().find(|s| s.p_vaddr == start).map(|s| s.p_offset).unwrap_or(0);
+                        let build_id = match (info.binary.gnu_build_id(), info.binary.go_build_id()) {
+                            (Some(id), _) => hex(id),
+                            (None, Some(go)) => go.to_string(),
+                            (None, None) => String::new(),
+                        };
+                        b.add_mapping(MappingSpec { memory_start: start, memory_limit: limit, file_offset: offset, filename: &info.path, build_id: &build_id })
+                    });
+                    if let Some(m) = b.mapping_mut(mapping) {
+                        m.memory_start = m.memory_start.min(*vaddr);
+                        m.memory_limit = m.memory_limit.max(vaddr + 1);
+                    }
+                    match user_symbols.get(&(*binary, lookup_addr(*vaddr, depth))) {
+                        Some(Ok(frames)) if !frames.is_empty() => {
+                            let has = mapping_has.entry(mapping).or_default();
+                            has.0 = true;
+                            has.1 |= frames.iter().any(|f| f.file.is_some());
+                            has.2 |= frames.iter().any(|f| f.line.is_some());
+                            has.3 |= frames.len() > 1;
+                            let lines = line_specs(frames);
+                            b.location(mapping, *vaddr, is_leaf, &lines)
+                        }
+                        _ => {
+                            stats.unsymbolized += 1;
+                            let name = format!("{}+0x{:x}", base_name(&info.path), vaddr);
+                            b.location(mapping, *vaddr, is_leaf, &[LineSpec { function: &name, filename: &info.path, line: 0 }])
+                        }
+                    }
+                }
+                UserFrame::Region { name, offset } => {
+                    stats.unsymbolized += 1;
+                    let mapping = *region_mappings.entry(name.to_string()).or_insert_with(|| {
+                        b.add_mapping(MappingSpec { memory_start: 0, memory_limit: 0, file_offset: 0, filename: name, build_id: "" })
+                    });
+                    if let Some(m) = b.mapping_mut(mapping) {
+                        m.memory_limit = m.memory_limit.max(offset + 1);
+                    }
+                    let fname = format!("{}+0x{:x}", base_name(name), offset);
+                    b.location(mapping, *offset, is_leaf, &[LineSpec { function: &fname, filename: "", line: 0 }])
+                }
+                UserFrame::Unmapped { addr } => {
+                    stats.unsymbolized += 1;
+                    let mapping = *region_mappings.entry("[unknown]".into()).or_insert_with(|| {
+                        b.add_mapping(MappingSpec { memory_start: 0, memory_limit: u64::MAX, file_offset: 0, filename: "[unknown]", build_id: "" })
+                    });
+                    let fname = format!("[unknown]+0x{addr:x}");
+                    b.location(mapping, *addr, is_leaf, &[LineSpec { function: &fname, filename: "", line: 0 }])
+                }
+            };
+            locations.push(id);
+        }
+        let process_name = interval.process_names.get(&s.pid).map(String::as_str).unwrap_or("");
+        let labels = vec![
+            b.num_label("pid", i64::from(s.pid)),
+            b.num_label("tid", i64::from(s.tid)),
+            b.str_label("comm", if process_name.is_empty() { &s.thread_name } else { process_name }),
+            b.str_label("thread_name", &s.thread_name),
+        ];
+        let count = s.count as i64;
+        b.add_sample(locations, vec![count, count * meta.period_ns], labels);
+    }
+    if let Some(m) = kernel_mapping.and_then(|id| b.mapping_mut(id)) {
+        m.memory_start = kernel_range.0;
+        m.memory_limit = kernel_range.1.saturating_add(1);
+    }
+    for (id, (functions, filenames, lines, inlines)) in mapping_has {
+        if let Some(m) = b.mapping_mut(id) {
+            m.has_functions = functions;
+            m.has_filenames = filenames;
+            m.has_line_numbers = lines;
+            m.has_inline_frames = inlines;
+        }
+    }
+    let time_nanos = interval.start.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    let duration_nanos = interval.end.duration_since(interval.start).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    (b.finish(meta.period_ns, time_nanos, duration_nanos, meta.comments), stats)
+}
+
+fn line_specs(frames: &[Frame]) -> Vec<LineSpec<'_>> {
+    frames
+        .iter()
+        .map(|f| LineSpec {
+            function: &f.function,
+            filename: f.file.as_deref().unwrap_or(""),
+            line: f.line.map(i64::from).unwrap_or(0),
+        })
+        .collect()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}

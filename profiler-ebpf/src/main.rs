@@ -1,0 +1,153 @@
+//! Samples the interrupted task's user and kernel stacks on every `cpu-clock` tick and writes
+//! them into a ring buffer. Everything it drops is counted.
+#![no_std]
+#![no_main]
+
+use core::{ffi::c_void, mem::size_of};
+
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::{bpf_get_current_pid_tgid, generated::{bpf_get_current_comm, bpf_get_stack, bpf_get_smp_processor_id, bpf_ktime_get_ns}},
+    macros::{map, perf_event},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::PerfEventContext,
+    EbpfContext,
+};
+use profiler_common::{
+    Counter, RawSample, COMM_LEN, MAX_FILTER_PIDS, MAX_STACK_DEPTH, SAMPLE_FLAG_KERNEL_STACK_ERROR,
+    SAMPLE_FLAG_KERNEL_STACK_TRUNCATED, SAMPLE_FLAG_USER_STACK_ERROR, SAMPLE_FLAG_USER_STACK_TRUNCATED,
+};
+
+/// Sized by the agent at load time; this default only has to be a valid power of two.
+#[map]
+static SAMPLES: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Processes (tgids) to sample when `FILTER_ENABLED` is set.
+#[map]
+static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_PIDS, 0);
+
+/// Set by the agent before load; frozen, so the verifier prunes the filter when it is off.
+#[no_mangle]
+static FILTER_ENABLED: u8 = 0;
+
+/// Unread bytes in the ring at which the reader is woken. Below it, records are submitted
+/// without a wakeup and the agent drains on its own timer: one wakeup per sample would cost
+/// the agent far more CPU than the sampling itself.
+#[no_mangle]
+static WAKEUP_BYTES: u64 = 64 * 1024;
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+const STACK_BYTES: u32 = (MAX_STACK_DEPTH * size_of::<u64>()) as u32;
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: the pointer comes from a per-CPU array slot, which only this CPU touches while
+        // the program runs (perf_event programs do not nest on one CPU).
+        unsafe { *slot += 1 };
+    }
+}
+
+#[perf_event]
+pub fn profile_cpu(ctx: PerfEventContext) -> u32 {
+    sample(&ctx);
+    0
+}
+
+#[inline(always)]
+fn sample(ctx: &PerfEventContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let pid = (pid_tgid >> 32) as u32;
+    if tid == 0 {
+        count(Counter::IdleSkipped);
+        return;
+    }
+    // SAFETY: a volatile read of a frozen .rodata global that the loader may have overridden.
+    if unsafe { core::ptr::read_volatile(&FILTER_ENABLED) } != 0 {
+        // SAFETY: the value is only tested for presence, never dereferenced.
+        if unsafe { FILTER_PIDS.get(&pid) }.is_none() {
+            count(Counter::FilteredOut);
+            return;
+        }
+    }
+    count(Counter::SamplesTaken);
+
+    let Some(mut entry) = SAMPLES.reserve::<RawSample>(0) else {
+        count(Counter::RingBufferFull);
+        return;
+    };
+    let out = entry.as_mut_ptr();
+    // SAFETY: `out` points at a reserved ring-buffer entry of exactly size_of::<RawSample>()
+    // bytes, owned by this program until submit. Fields are written in place, because a
+    // RawSample does not fit on the 512-byte BPF stack.
+    unsafe {
+        (*out).time_ns = bpf_ktime_get_ns();
+        (*out).pid = pid;
+        (*out).tid = tid;
+        (*out).cpu = bpf_get_smp_processor_id();
+        let mut flags = 0u32;
+        if bpf_get_current_comm((*out).comm.as_mut_ptr() as *mut c_void, COMM_LEN as u32) < 0 {
+            (*out).comm = [0; COMM_LEN];
+        }
+
+        let user = bpf_get_stack(
+            ctx.as_ptr(),
+            (*out).user_stack.as_mut_ptr() as *mut c_void,
+            STACK_BYTES,
+            BPF_F_USER_STACK as u64,
+        );
+        (*out).user_len = if user < 0 {
+            flags |= SAMPLE_FLAG_USER_STACK_ERROR;
+            count(Counter::UserStackError);
+            0
+        } else {
+            (user as u32) / 8
+        };
+        if (*out).user_len as usize >= MAX_STACK_DEPTH {
+            flags |= SAMPLE_FLAG_USER_STACK_TRUNCATED;
+        }
+
+        let kernel = bpf_get_stack(
+            ctx.as_ptr(),
+            (*out).kernel_stack.as_mut_ptr() as *mut c_void,
+            STACK_BYTES,
+            0,
+        );
+        (*out).kernel_len = if kernel < 0 {
+            flags |= SAMPLE_FLAG_KERNEL_STACK_ERROR;
+            count(Counter::KernelStackError);
+            0
+        } else {
+            (kernel as u32) / 8
+        };
+        if (*out).kernel_len as usize >= MAX_STACK_DEPTH {
+            flags |= SAMPLE_FLAG_KERNEL_STACK_TRUNCATED;
+        }
+        (*out).flags = flags;
+    }
+    // SAFETY: a volatile read of a frozen .rodata global.
+    let wakeup_bytes = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    let wakeup = if SAMPLES.query(BPF_RB_AVAIL_DATA) >= wakeup_bytes {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(wakeup);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 4] = *b"GPL\0";
