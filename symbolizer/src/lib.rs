@@ -13,6 +13,7 @@
 mod binary;
 mod cache;
 pub mod demangle;
+pub mod dwarf;
 pub mod elf;
 pub mod kernel;
 mod symbolizer;
@@ -75,6 +76,8 @@ pub enum Error {
     Object(#[from] object::Error),
     #[error("not an ELF file")]
     NotElf,
+    #[error("DWARF: {0}")]
+    Dwarf(String),
     #[error("malformed {what}")]
     Malformed { what: &'static str },
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use crate::cache::Lru;
 use crate::demangle::demangle;
+use crate::dwarf::DwarfContext;
 use crate::elf::ElfSymbols;
 use crate::{Binary, BinaryId, Error, Frame, Lookup};
 
@@ -34,19 +35,47 @@ impl Default for SymbolizerConfig {
 /// Everything parsed from one binary.
 struct Context {
     elf: ElfSymbols,
+    dwarf: Option<DwarfContext>,
     addresses: HashMap<u64, Lookup>,
 }
 
 impl Context {
-    fn build(binary: &Binary, _config: &SymbolizerConfig) -> Result<Context, Error> {
+    fn build(binary: &Binary, config: &SymbolizerConfig) -> Result<Context, Error> {
         let obj = object::File::parse(binary.bytes())?;
-        let elf = ElfSymbols::from_object(&obj);
-        Ok(Context { elf, addresses: HashMap::new() })
+        let mut elf = ElfSymbols::from_object(&obj);
+        let dwarf = DwarfContext::load(binary, config);
+        // A stripped binary with a separate debug file: take the fuller symbol table.
+        if let Some(debug) = dwarf.as_ref().and_then(|d| d.source()).filter(|p| Some(*p) != binary.path()) {
+            if let Ok(debug_bin) = Binary::open(debug) {
+                if let Ok(debug_obj) = object::File::parse(debug_bin.bytes()) {
+                    let debug_elf = ElfSymbols::from_object(&debug_obj);
+                    if debug_elf.len() > elf.len() {
+                        elf = debug_elf;
+                    }
+                }
+            }
+        }
+        Ok(Context { elf, dwarf, addresses: HashMap::new() })
     }
 
-    fn resolve(&self, addr: u64) -> Lookup {
-        let sym = self.elf.lookup(addr)?;
-        Ok(vec![Frame { function: demangle(&sym.name), file: None, line: None, inlined: false }])
+    fn resolve(&self, addr: u64, inlines: bool) -> Lookup {
+        let sym = self.elf.lookup(addr).map(|s| demangle(&s.name));
+        if let Some(dwarf) = &self.dwarf {
+            let mut frames = dwarf.frames(addr, inlines).unwrap_or_default();
+            if !frames.is_empty() {
+                // DIEs without a name (and line rows outside any subprogram) take the symbol
+                // table's; with neither, the address is padding between functions.
+                for f in frames.iter_mut().filter(|f| f.function.is_empty()) {
+                    f.function = sym.clone()?;
+                }
+                return Ok(frames);
+            }
+            // No subprogram covers it (e.g. hand-written assembly): symbol plus line row.
+            let function = sym?;
+            let (file, line) = dwarf.location(addr).unwrap_or((None, None));
+            return Ok(vec![Frame { function, file, line, inlined: false }]);
+        }
+        Ok(vec![Frame { function: sym?, file: None, line: None, inlined: false }])
     }
 }
 
@@ -78,13 +107,14 @@ impl Symbolizer {
             }
         };
         let cap = self.config.cache_addresses;
+        let inlines = self.config.inlines;
         Ok(addrs
             .iter()
             .map(|&addr| {
                 if let Some(hit) = ctx.addresses.get(&addr) {
                     return hit.clone();
                 }
-                let result = ctx.resolve(addr);
+                let result = ctx.resolve(addr, inlines);
                 if cap > 0 {
                     if ctx.addresses.len() >= cap {
                         ctx.addresses.clear();
