@@ -1,16 +1,5 @@
 //! profiler-agent: loads the eBPF sampler, drains its ring buffer, aggregates and symbolizes
 //! samples, and writes a pprof file every profile interval.
-mod aggregate;
-mod config;
-mod ebpf_loader;
-mod output;
-mod pprof;
-mod proc_maps;
-mod processes;
-mod profile_build;
-mod profile_writer;
-mod ring_reader;
-mod summary;
 
 use std::{process::ExitCode, time::Duration};
 
@@ -24,13 +13,14 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use crate::{
+use profiler_agent::{
     aggregate::Aggregator,
     config::{Args, Config},
     ebpf_loader::{KernelCounters, LoadedProgram},
     processes::Processes,
+    processes,
     profile_writer::{Job, ProfileWriter},
-    ring_reader::ReaderStats,
+    ring_reader::{self, ReaderStats},
 };
 
 fn main() -> ExitCode {

