@@ -1,1 +1,80 @@
-fn main() {}
+//! `cargo xtask <command>`: the one entry point for setting up, building, running, testing and
+//! benchmarking the profiler on a fresh machine.
+mod bench;
+mod setup;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (idempotent): rust-src, bpf-linker, test tools.
+    Setup {
+        /// Also install the reference tools the tests use (gcc, llvm-19, Go toolchains).
+        #[arg(long)]
+        test_tools: bool,
+    },
+    /// Build the agent in release mode (the eBPF program is built by its build.rs).
+    Build,
+    /// Set up, build in release, and run the agent as root with the given arguments.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up everything and run the whole test suite.
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Measure overhead against `perf record` at 19, 99 and 999 Hz.
+    Bench {
+        /// Seconds of CPU-bound work per measured run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Frequencies to measure.
+        #[arg(long, value_delimiter = ',', default_value = "19,99,999")]
+        frequencies: Vec<u64>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup { test_tools } => {
+            setup::build_prerequisites()?;
+            if test_tools {
+                setup::test_tools()?;
+            }
+            Ok(())
+        }
+        Cmd::Build => {
+            setup::build_prerequisites()?;
+            util::cargo(&["build", "--release", "-p", "profiler-agent"])
+        }
+        Cmd::Run { args } => {
+            setup::build_prerequisites()?;
+            util::cargo(&["build", "--release", "-p", "profiler-agent"])?;
+            util::run_agent(&args)
+        }
+        Cmd::Test { args } => {
+            setup::build_prerequisites()?;
+            setup::test_tools()?;
+            let mut cargo_args = vec!["test", "--workspace"];
+            cargo_args.extend(args.iter().map(String::as_str));
+            util::cargo(&cargo_args)
+        }
+        Cmd::Bench { seconds, frequencies } => {
+            setup::build_prerequisites()?;
+            util::cargo(&["build", "--release", "-p", "profiler-agent"])?;
+            bench::run(seconds, &frequencies)
+        }
+    }
+}

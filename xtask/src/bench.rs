@@ -1,0 +1,176 @@
+//! `cargo xtask bench`: the agent's overhead against `perf record -a -g` on the same workload
+//! and window, at several frequencies. Prints a Markdown table for BENCHMARKS.md.
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::util::{self, agent_binary, step, workspace_root};
+
+/// CPU time and peak RSS of a reaped child.
+struct Usage {
+    cpu: Duration,
+    max_rss_kib: i64,
+}
+
+fn wait_with_usage(child: &mut Child) -> Result<Usage> {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own unreaped child, writing into valid, owned out-parameters.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    if pid < 0 {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    Ok(Usage { cpu: tv(ru.ru_utime) + tv(ru.ru_stime), max_rss_kib: ru.ru_maxrss })
+}
+
+fn build_workload(dir: &Path) -> Result<PathBuf> {
+    let exe = dir.join("workload");
+    let src = workspace_root().join("xtask/bench/workload.c");
+    util::run(Command::new("gcc").args(["-O1", "-fno-omit-frame-pointer", "-g", "-o"]).arg(&exe).arg(&src))?;
+    Ok(exe)
+}
+
+/// Runs the workload once; returns its own measurement of wall seconds.
+fn run_workload(exe: &Path, iterations: u64) -> Result<f64> {
+    let out = Command::new(exe).arg(iterations.to_string()).output()?;
+    if !out.status.success() {
+        bail!("workload failed");
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn sigint(child: &Child) {
+    // SAFETY: kill(2) on our own child, which has not been reaped yet.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+}
+
+struct AgentRun {
+    usage: Usage,
+    workload_secs: f64,
+    bpf_ns_per_run: Option<u64>,
+    samples: Option<u64>,
+}
+
+fn profile_with_agent(exe: &Path, iterations: u64, hz: u64, out_dir: &Path) -> Result<AgentRun> {
+    let mut child = Command::new(agent_binary())
+        .args(["--frequency", &hz.to_string(), "--profile-interval", "10", "--output-dir"])
+        .arg(out_dir)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = log.clone();
+    let stderr = child.stderr.take().context("agent stderr")?;
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let start = Instant::now();
+    while !log.lock().unwrap().iter().any(|l| l.contains("attached")) {
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("agent did not attach: {:?}", log.lock().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let workload_secs = run_workload(exe, iterations)?;
+    sigint(&child);
+    let usage = wait_with_usage(&mut child)?;
+    let _ = reader.join();
+    let log = log.lock().unwrap();
+    let field = |needle: &str, key: &str| -> Option<u64> {
+        let line = log.iter().find(|l| l.contains(needle))?;
+        line.split_whitespace().find_map(|w| w.strip_prefix(key)?.parse().ok())
+    };
+    Ok(AgentRun {
+        usage,
+        workload_secs,
+        bpf_ns_per_run: field("bpf program run time", "ns_per_run="),
+        samples: field(" totals ", "delivered="),
+    })
+}
+
+fn profile_with_perf(exe: &Path, iterations: u64, hz: u64, data: &Path) -> Result<(Usage, f64)> {
+    let mut child = Command::new("perf")
+        .args(["record", "-a", "-g", "-F", &hz.to_string(), "-q", "-o"])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("perf (linux-perf) is needed for the comparison")?;
+    // perf has no readiness signal; give it time to open its events.
+    std::thread::sleep(Duration::from_millis(500));
+    let secs = run_workload(exe, iterations)?;
+    sigint(&child);
+    Ok((wait_with_usage(&mut child)?, secs))
+}
+
+struct BpfStats;
+impl BpfStats {
+    fn enable() -> Result<BpfStats> {
+        std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling kernel.bpf_stats_enabled (needs root)")?;
+        Ok(BpfStats)
+    }
+}
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    }
+}
+
+pub fn run(seconds: u64, frequencies: &[u64]) -> Result<()> {
+    let dir = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let exe = build_workload(&dir)?;
+
+    step("calibrating the workload");
+    let probe = 200;
+    let per_iter = run_workload(&exe, probe)? / probe as f64;
+    let iterations = ((seconds as f64 / per_iter) as u64).max(1);
+    step(&format!("baseline: {iterations} iterations, 3 runs"));
+    let baseline = median((0..3).map(|_| run_workload(&exe, iterations)).collect::<Result<Vec<_>>>()?);
+
+    let _stats = BpfStats::enable()?;
+    let mut rows = Vec::new();
+    for &hz in frequencies {
+        step(&format!("{hz} Hz: agent"));
+        let profiles = dir.join(format!("profiles-{hz}"));
+        let _ = std::fs::remove_dir_all(&profiles);
+        let agent = profile_with_agent(&exe, iterations, hz, &profiles)?;
+        step(&format!("{hz} Hz: perf record -a -g"));
+        let (perf, perf_secs) = profile_with_perf(&exe, iterations, hz, &dir.join("perf.data"))?;
+        rows.push((hz, agent, perf, perf_secs));
+    }
+
+    println!("\nWorkload: {iterations} iterations of a CPU-bound C loop, baseline {baseline:.3} s (median of 3).\n");
+    println!("| Hz | agent CPU (ms) | perf CPU (ms) | agent/perf | BPF ns/sample | samples | slowdown agent | slowdown perf | agent peak RSS (MiB) | perf peak RSS (MiB) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (hz, a, p, perf_secs) in rows {
+        let a_ms = a.usage.cpu.as_secs_f64() * 1e3;
+        let p_ms = p.cpu.as_secs_f64() * 1e3;
+        println!(
+            "| {hz} | {a_ms:.0} | {p_ms:.0} | {:.2} | {} | {} | {:+.2}% | {:+.2}% | {:.1} | {:.1} |",
+            a_ms / p_ms,
+            a.bpf_ns_per_run.map(|n| n.to_string()).unwrap_or_else(|| "n/a".into()),
+            a.samples.map(|n| n.to_string()).unwrap_or_else(|| "n/a".into()),
+            (a.workload_secs / baseline - 1.0) * 100.0,
+            (perf_secs / baseline - 1.0) * 100.0,
+            a.usage.max_rss_kib as f64 / 1024.0,
+            p.max_rss_kib as f64 / 1024.0,
+        );
+    }
+    Ok(())
+}
