@@ -67,7 +67,8 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             setup::build_prerequisites()?;
             setup::test_tools()?;
-            let mut cargo_args = vec!["test", "--workspace"];
+            // Plain `cargo test` covers the default members; `--workspace` would build the eBPF crate for the host.
+            let mut cargo_args = vec!["test"];
             cargo_args.extend(args.iter().map(String::as_str));
             util::cargo(&cargo_args)
         }

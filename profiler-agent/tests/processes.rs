@@ -1,0 +1,103 @@
+//! Process tracking against a fake /proc tree: normalization of real binaries, and the fault
+//! paths (vanished process, unreadable or bogus binary) that must be counted, not fatal.
+use std::{fs, path::Path, process::Command};
+
+use profiler_agent::processes::{Processes, UserFrame};
+use symbolizer::{Binary, Symbolizer, SymbolizerConfig};
+
+fn nm_symbol(exe: &Path, name: &str) -> u64 {
+    let out = Command::new("nm").arg(exe).output().expect("nm (binutils)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.ends_with(&format!(" {name}"))).unwrap_or_else(|| panic!("{name} not in nm output"));
+    u64::from_str_radix(line.split_whitespace().next().unwrap(), 16).unwrap()
+}
+
+fn fake_process(root: &Path, pid: u32, comm: &str, maps: &str) {
+    let dir = root.join(pid.to_string());
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("comm"), format!("{comm}\n")).unwrap();
+    fs::write(dir.join("maps"), maps).unwrap();
+}
+
+/// Builds a PIE with gcc, "maps" it at a random-looking base the way the loader would, and
+/// checks that every function address normalizes back to its ELF address and symbol.
+#[test]
+fn pie_addresses_normalize_to_elf_addresses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("chain");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chain.c");
+    assert!(Command::new("gcc").args(["-O0", "-pie", "-fPIE", "-o"]).arg(&exe).arg(&src).status().unwrap().success());
+    let binary = Binary::open(&exe).unwrap();
+    let text = binary.load_segments().iter().find(|s| s.executable).expect("executable PT_LOAD").clone();
+
+    let root = tmp.path().join("proc");
+    let pid = 4242;
+    let base = 0x5555_5555_0000u64;
+    // The loader maps the executable segment at base + p_vaddr, page-aligned, at file offset p_offset & !0xfff.
+    let seg_start = (base + text.p_vaddr) & !0xfff;
+    let seg_end = (base + text.p_vaddr + text.p_memsz + 0xfff) & !0xfff;
+    let maps = format!(
+        "{seg_start:x}-{seg_end:x} r-xp {:08x} 08:01 777 /usr/bin/chain\n7ffc00000000-7ffc00002000 r-xp 00000000 00:00 0 [vdso]\n",
+        text.p_offset & !0xfff
+    );
+    fake_process(&root, pid, "chain", &maps);
+    let in_root = root.join(pid.to_string()).join("root/usr/bin");
+    fs::create_dir_all(&in_root).unwrap();
+    fs::copy(&exe, in_root.join("chain")).unwrap();
+
+    let mut procs = Processes::new(&root);
+    let mut symbolizer = Symbolizer::new(SymbolizerConfig::default());
+    for name in ["leaf", "middle", "outer", "main"] {
+        let elf_addr = nm_symbol(&exe, name);
+        let frames = procs.normalize(pid, &[base + elf_addr + 1]);
+        let UserFrame::Binary { binary, vaddr } = &frames[0] else { panic!("{name}: {frames:?}") };
+        assert_eq!(*vaddr, elf_addr + 1, "{name}");
+        let info = procs.binary(*binary).unwrap();
+        assert_eq!(info.path, "/usr/bin/chain");
+        let looked = symbolizer.symbolize(&info.binary, &[*vaddr]).unwrap();
+        assert_eq!(looked[0].as_ref().unwrap()[0].function, name);
+    }
+    assert_eq!(procs.process_name(pid), "chain");
+    let vdso = procs.normalize(pid, &[0x7ffc00000010]);
+    assert!(matches!(&vdso[0], UserFrame::Region { name, offset: 0x10 } if &**name == "[vdso]"), "{vdso:?}");
+
+    // The binary vanishes from disk: frames already opened keep normalizing.
+    fs::remove_file(in_root.join("chain")).unwrap();
+    let again = procs.normalize(pid, &[base + nm_symbol(&exe, "leaf")]);
+    assert!(matches!(again[0], UserFrame::Binary { .. }), "{again:?}");
+    assert_eq!(procs.stats.binary_open_failed, 0);
+}
+
+#[test]
+fn vanished_process_and_bogus_binary_are_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("proc");
+    fs::create_dir_all(&root).unwrap();
+    let mut procs = Processes::new(&root);
+
+    // No /proc/PID at all: the process exited before we looked.
+    let frames = procs.normalize(9999, &[0x401000, 0x402000]);
+    assert!(frames.iter().all(|f| matches!(f, UserFrame::Unmapped { .. })), "{frames:?}");
+    assert_eq!(procs.stats.maps_unreadable, 1);
+
+    // A mapping whose file is not an ELF: a region frame with the file offset, and a counter.
+    fake_process(&root, 77, "junk", "400000-401000 r-xp 00001000 08:01 55 /opt/junk\n");
+    let dir = root.join("77/root/opt");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("junk"), b"\x7fELF but not really, truncated").unwrap();
+    let frames = procs.normalize(77, &[0x400010]);
+    assert!(matches!(&frames[0], UserFrame::Region { name, offset: 0x1010 } if &**name == "/opt/junk"), "{frames:?}");
+    assert_eq!(procs.stats.binary_open_failed, 1);
+
+    // Garbage in maps is an unreadable process, not a panic.
+    fake_process(&root, 78, "bad", "this is not a maps file\n");
+    let frames = procs.normalize(78, &[0x1]);
+    assert!(matches!(frames[0], UserFrame::Unmapped { .. }));
+    assert_eq!(procs.stats.maps_unreadable, 2);
+
+    // Forgotten after two quiet intervals.
+    procs.end_interval();
+    procs.end_interval();
+    procs.end_interval();
+    assert_eq!(procs.tracked_processes(), 0);
+}
