@@ -180,7 +180,8 @@ fn parse_note(data: &[u8], want_type: u32) -> Option<(&[u8], &[u8])> {
     }
     let name_end = 12usize.checked_add(namesz)?;
     let name = data.get(12..name_end)?;
-    let name = name.strip_suffix(&[0]).unwrap_or(name);
+    let name_len = name.iter().rposition(|&c| c != 0).map_or(0, |i| i + 1);
+    let name = &name[..name_len];
     let desc_start = name_end.checked_add(3)? & !3;
     let desc = data.get(desc_start..desc_start.checked_add(descsz)?)?;
     Some((name, desc))

@@ -15,6 +15,7 @@ mod cache;
 pub mod demangle;
 pub mod dwarf;
 pub mod elf;
+pub mod gopclntab;
 pub mod kernel;
 mod symbolizer;
 

@@ -7,6 +7,7 @@ use crate::cache::Lru;
 use crate::demangle::demangle;
 use crate::dwarf::DwarfContext;
 use crate::elf::ElfSymbols;
+use crate::gopclntab::GoTable;
 use crate::{Binary, BinaryId, Error, Frame, Lookup};
 
 #[derive(Debug, Clone)]
@@ -34,6 +35,7 @@ impl Default for SymbolizerConfig {
 
 /// Everything parsed from one binary.
 struct Context {
+    go: Option<GoTable>,
     elf: ElfSymbols,
     dwarf: Option<DwarfContext>,
     addresses: HashMap<u64, Lookup>,
@@ -55,10 +57,17 @@ impl Context {
                 }
             }
         }
-        Ok(Context { elf, dwarf, addresses: HashMap::new() })
+        let go = GoTable::load(binary);
+        Ok(Context { go, elf, dwarf, addresses: HashMap::new() })
     }
 
     fn resolve(&self, addr: u64, inlines: bool) -> Lookup {
+        // Go text: pclntab is what the runtime itself uses, inline chains included.
+        if let Some(go) = &self.go {
+            if go.covers(addr) {
+                return go.lookup(addr, inlines);
+            }
+        }
         let sym = self.elf.lookup(addr).map(|s| demangle(&s.name));
         if let Some(dwarf) = &self.dwarf {
             let mut frames = dwarf.frames(addr, inlines).unwrap_or_default();

