@@ -256,3 +256,64 @@ fn main() {
     run(Command::new("rustc").args(["-C", "opt-level=3", "-C", "debuginfo=2", "--edition=2021", "-o"]).arg(&exe).arg(&src));
     check_with(&exe, no_debug_dirs(), 51, true);
 }
+
+/// Peak resident memory of this test process, from /proc/self/status.
+fn peak_rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let l = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    l.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Bit flips, truncations and lying sizes in the DWARF sections (plain and zlib-compressed)
+/// give misses or errors, never a panic, and memory stays bounded.
+#[test]
+fn mutated_dwarf_never_panics() {
+    let dir = fixture_dir("dwarf-mutate");
+    let plain = build_c(&dir, "prog", &["-g"]);
+    let zlib = build_c(&dir, "prog-z", &["-g"]);
+    run(Command::new(tool("OBJCOPY")).arg("--compress-debug-sections=zlib").arg(&zlib));
+    let mut rng = support::Rng::new(77);
+    for exe in [plain, zlib] {
+        let orig = std::fs::read(&exe).unwrap();
+        let sections = run(Command::new("readelf").arg("-SW").arg(&exe));
+        let ranges: Vec<(usize, usize)> = sections
+            .lines()
+            .filter(|l| l.contains(".debug_"))
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(']').nth(1)?.split_whitespace().collect();
+                Some((usize::from_str_radix(f[3], 16).ok()?, usize::from_str_radix(f[4], 16).ok()?))
+            })
+            .filter(|r| r.1 > 8)
+            .collect();
+        assert!(ranges.len() >= 4);
+        let text = Binary::open(&exe).unwrap();
+        let addrs = random_text_addrs(&text, 300, 3);
+        for round in 0..120 {
+            let mut bytes = orig.clone();
+            let (off, size) = ranges[rng.below(ranges.len() as u64) as usize];
+            match round % 3 {
+                0 => {
+                    for _ in 0..32 {
+                        let i = off + rng.below(size as u64) as usize;
+                        bytes[i] ^= 1 << rng.below(8);
+                    }
+                }
+                1 => {
+                    // Lie in a length field or compression header (first 24 bytes).
+                    let i = off + rng.below(16.min(size as u64 - 8)) as usize;
+                    bytes[i..i + 8].copy_from_slice(&rng.next().to_le_bytes());
+                }
+                _ => {
+                    // Zero the tail of a section, as a truncated download would.
+                    let cut = off + rng.below(size as u64) as usize;
+                    bytes[cut..off + size].fill(0);
+                }
+            }
+            if let Ok(bin) = Binary::from_bytes(bytes) {
+                let _ = Symbolizer::new(no_debug_dirs()).symbolize(&bin, &addrs);
+            }
+        }
+    }
+    let peak = peak_rss_kib();
+    assert!(peak < 2 * 1024 * 1024, "peak RSS {peak} KiB");
+}

@@ -246,3 +246,38 @@ fn mutated_pclntab_never_panics() {
     }
     eprintln!("mutated pclntab lookups (ok?: count): {counts:?}");
 }
+
+/// Section headers removed: the table is found by a magic scan, moduledata by a pointer scan,
+/// and the Go 1.26+ text base through moduledata.text. Lookups must not change.
+#[test]
+fn section_less_binaries() {
+    for (version, key, variant, flags) in [
+        ("1.19", "GO_1_19", "pie", &["-buildmode=pie"][..]),
+        ("1.24", "GO_1_24", "stripped", &["-ldflags=-s -w"][..]),
+        ("1.27", "GO_1_27", "stripped", &["-ldflags=-s -w"][..]),
+        ("1.27", "GO_1_27", "pie", &["-buildmode=pie", "-ldflags=-s -w"][..]),
+    ] {
+        let exe = build(version, &tool(key), &format!("noshdr-{variant}"), flags);
+        let mut bytes = std::fs::read(&exe).unwrap();
+        bytes[0x28..0x30].fill(0); // e_shoff
+        bytes[0x3c..0x40].fill(0); // e_shnum, e_shstrndx
+        let bare = exe.with_file_name("fixture-noshdr");
+        std::fs::write(&bare, &bytes).unwrap();
+        let (a, b) = (Binary::open(&exe).unwrap(), Binary::open(&bare).unwrap());
+        let ta = GoTable::load(&a).unwrap();
+        let tb = GoTable::load(&b).expect("pclntab found by magic scan");
+        assert_eq!(ta.text_start(), tb.text_start(), "go {version} {variant}");
+        let entries: Vec<u64> = ta.functions().map(|(e, _)| e).collect();
+        let mut rng = Rng::new(5);
+        let addrs: Vec<u64> =
+            (0..2000).map(|_| entries[0] + rng.below(entries.last().unwrap() - entries[0])).collect();
+        let mut s = Symbolizer::new(SymbolizerConfig::default());
+        let ra = s.symbolize(&a, &addrs).unwrap();
+        let rb = s.symbolize(&b, &addrs).unwrap();
+        let inl = ra.iter().filter(|r| r.as_ref().is_ok_and(|f| f.len() > 1)).count();
+        assert!(inl > 20, "go {version} {variant}: inline chains expected");
+        for ((addr, x), y) in addrs.iter().zip(&ra).zip(&rb) {
+            assert_eq!(x, y, "go {version} {variant} at {addr:#x}");
+        }
+    }
+}
