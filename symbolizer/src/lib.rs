@@ -15,6 +15,8 @@ mod cache;
 pub mod demangle;
 pub mod dwarf;
 pub mod elf;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gopclntab;
 pub mod kernel;
 mod symbolizer;

@@ -58,6 +58,10 @@ impl DwarfContext {
     /// back to the symbol table. Function names are demangled; a frame whose DIE has no name
     /// gets an empty name for the caller to fill in.
     pub fn frames(&self, addr: u64, inlines: bool) -> Result<Vec<Frame>, Miss> {
+        // addr2line computes `addr + 1` unchecked (a debug-build panic at u64::MAX).
+        if addr == u64::MAX {
+            return Ok(Vec::new());
+        }
         let mut iter = self.ctx.find_frames(addr).skip_all_loads().map_err(|_| Miss::Malformed)?;
         let mut frames = Vec::new();
         // Bounded: a corrupt DIE tree cannot make this loop forever.
@@ -92,6 +96,9 @@ impl DwarfContext {
 
     /// The line-table row for `addr`, without function information.
     pub fn location(&self, addr: u64) -> Option<(Option<String>, Option<u32>)> {
+        if addr == u64::MAX {
+            return None;
+        }
         let loc = self.ctx.find_location(addr).ok()??;
         Some((loc.file.map(str::to_owned), loc.line.filter(|&l| l != 0)))
     }

@@ -45,6 +45,11 @@ impl Memory {
         Memory { data: binary.data.clone(), segments: binary.load_segments().to_vec(), relative, ptr_size }
     }
 
+    /// Bytes with no address space (a bare table, for fuzzing): every vaddr read misses.
+    pub fn bare(data: Bytes, ptr_size: u8) -> Memory {
+        Memory { data: Arc::new(data), segments: Vec::new(), relative: HashMap::new(), ptr_size }
+    }
+
     /// File offset of `vaddr` and the number of file bytes after it in its segment.
     pub fn file_offset(&self, vaddr: u64) -> Option<(usize, usize)> {
         self.segments.iter().find_map(|s| {

@@ -92,57 +92,10 @@ impl GoTable {
         let obj = object::File::parse(binary.bytes()).ok()?;
         let found = locate::find_pclntab(binary, &obj)?;
         let tab = binary.bytes().get(found.start..found.end)?;
-        let family = GoFamily::from_magic(u32_at(tab, 0)?)?;
-        let quantum = u64::from(u8_at(tab, 6)?);
         let ptr_size = u8_at(tab, 7)?;
-        if !matches!(quantum, 1 | 2 | 4) || !matches!(ptr_size, 4 | 8) || u8_at(tab, 4)? != 0 || u8_at(tab, 5)? != 0 {
-            return None;
-        }
+        let mut t = Self::parse_header(Memory::new(binary, &obj, ptr_size), found.start, found.end)?;
         let ps = usize::from(ptr_size);
-        let word = |i: usize| word_at(tab, 8 + i * ps, ptr_size);
-        let to_usize = |v: u64| usize::try_from(v).ok().filter(|&v| v < tab.len());
-        let nfunc = usize::try_from(word(0)?).ok()?;
-        let mut t = GoTable {
-            mem: Memory::new(binary, &obj, ptr_size),
-            tab_start: found.start,
-            tab_end: found.end,
-            family,
-            quantum,
-            ptr_size,
-            nfunc,
-            text_start: 0,
-            funcnametab: 0,
-            cutab: 0,
-            filetab: 0,
-            pctab: 0,
-            pclntab: 0,
-            gofunc: None,
-        };
-        match family {
-            GoFamily::Go12 => t.pclntab = 8 + ps,
-            GoFamily::Go116 => {
-                t.funcnametab = to_usize(word(2)?)?;
-                t.cutab = to_usize(word(3)?)?;
-                t.filetab = to_usize(word(4)?)?;
-                t.pctab = to_usize(word(5)?)?;
-                t.pclntab = to_usize(word(6)?)?;
-            }
-            GoFamily::Go118 | GoFamily::Go120 => {
-                t.text_start = word(2)?;
-                t.funcnametab = to_usize(word(3)?)?;
-                t.cutab = to_usize(word(4)?)?;
-                t.filetab = to_usize(word(5)?)?;
-                t.pctab = to_usize(word(6)?)?;
-                t.pclntab = to_usize(word(7)?)?;
-            }
-        }
-        // functab must fit: nfunc+1 entries.
-        let entry_size = if family >= GoFamily::Go118 { 8 } else { 2 * ps };
-        let functab_end = nfunc.checked_add(1)?.checked_mul(entry_size)?.checked_add(t.pclntab)?;
-        if nfunc == 0 || functab_end > tab.len() {
-            return None;
-        }
-        if family >= GoFamily::Go118 {
+        if t.family >= GoFamily::Go118 {
             let module = locate::find_moduledata(binary, &obj, &t.mem, found.vaddr, t.funcnametab as u64);
             if t.text_start == 0 {
                 // Go 1.26+ writes 0 here: the text base is `runtime.text`, else moduledata.text.
@@ -158,8 +111,71 @@ impl GoTable {
             }
             t.gofunc = t.pick_gofunc(candidates.into_iter().flatten());
         }
-        drop(obj);
         Some(t)
+    }
+
+    /// Parses a bare pclntab with no ELF around it (fuzzing, tests): no moduledata, so no
+    /// inline trees, and the text base is the header's.
+    pub fn from_pclntab(bytes: Vec<u8>) -> Option<GoTable> {
+        let ptr_size = u8_at(&bytes, 7)?;
+        let len = bytes.len();
+        Self::parse_header(Memory::bare(crate::binary::Bytes::Owned(bytes), ptr_size), 0, len)
+    }
+
+    /// Reads the header at `mem.data[start..end]` and checks that functab fits.
+    fn parse_header(mem: Memory, start: usize, end: usize) -> Option<GoTable> {
+        let tab = mem.data.get(start..end)?;
+        let family = GoFamily::from_magic(u32_at(tab, 0)?)?;
+        let quantum = u64::from(u8_at(tab, 6)?);
+        let ptr_size = u8_at(tab, 7)?;
+        if !matches!(quantum, 1 | 2 | 4) || !matches!(ptr_size, 4 | 8) || u8_at(tab, 4)? != 0 || u8_at(tab, 5)? != 0 {
+            return None;
+        }
+        let ps = usize::from(ptr_size);
+        let word = |i: usize| word_at(tab, 8 + i * ps, ptr_size);
+        let to_usize = |v: u64| usize::try_from(v).ok().filter(|&v| v < tab.len());
+        let nfunc = usize::try_from(word(0)?).ok()?;
+        let (mut text_start, mut funcnametab, mut cutab, mut filetab, mut pctab) = (0, 0, 0, 0, 0);
+        let pclntab = match family {
+            GoFamily::Go12 => 8 + ps,
+            GoFamily::Go116 => {
+                funcnametab = to_usize(word(2)?)?;
+                cutab = to_usize(word(3)?)?;
+                filetab = to_usize(word(4)?)?;
+                pctab = to_usize(word(5)?)?;
+                to_usize(word(6)?)?
+            }
+            GoFamily::Go118 | GoFamily::Go120 => {
+                text_start = word(2)?;
+                funcnametab = to_usize(word(3)?)?;
+                cutab = to_usize(word(4)?)?;
+                filetab = to_usize(word(5)?)?;
+                pctab = to_usize(word(6)?)?;
+                to_usize(word(7)?)?
+            }
+        };
+        // functab must fit: nfunc+1 entries.
+        let entry_size = if family >= GoFamily::Go118 { 8 } else { 2 * ps };
+        let functab_end = nfunc.checked_add(1)?.checked_mul(entry_size)?.checked_add(pclntab)?;
+        if nfunc == 0 || functab_end > tab.len() {
+            return None;
+        }
+        Some(GoTable {
+            mem,
+            tab_start: start,
+            tab_end: end,
+            family,
+            quantum,
+            ptr_size,
+            nfunc,
+            text_start,
+            funcnametab,
+            cutab,
+            filetab,
+            pctab,
+            pclntab,
+            gofunc: None,
+        })
     }
 
     /// The first candidate under which sampled inline trees look sane: entries whose name offsets
