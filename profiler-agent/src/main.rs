@@ -121,6 +121,8 @@ async fn run(config: Config) -> Result<()> {
         }
     }
 
+    // Read before detaching: the kernel forgets the program's statistics once it is unloaded.
+    let run_stats = program.run_stats();
     // Stop sampling first, so that the final counters and the drained ring agree exactly.
     program.detach();
     ring_reader::drain(ring.get_mut(), &mut agg, &mut processes, &mut reader);
@@ -139,7 +141,7 @@ async fn run(config: Config) -> Result<()> {
         binary_open_failed = processes.stats.binary_open_failed,
         "totals"
     );
-    if let Some((run_time, runs)) = program.run_stats() {
+    if let Some((run_time, runs)) = run_stats {
         if runs > 0 {
             info!(runs, ns_per_run = run_time.as_nanos() as u64 / runs, "bpf program run time");
         }

@@ -4,6 +4,8 @@
 //! program and the agent agree on the layout byte for byte. Sizes are checked at compile time.
 #![no_std]
 
+pub mod unwind;
+
 /// Frames kept per stack. Matches the kernel's default `kernel.perf_event_max_stack`.
 pub const MAX_STACK_DEPTH: usize = 127;
 /// Length of `task_struct.comm`.

@@ -1,0 +1,1 @@
+//! Unwind-table rows shared by the eBPF unwinder and the agent (issue 5; in progress).
