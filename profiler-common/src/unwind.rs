@@ -1,1 +1,164 @@
-//! Unwind-table rows shared by the eBPF unwinder and the agent (issue 5; in progress).
+//! Unwind-table types shared by the eBPF unwinder and the agent (issue 5).
+//!
+//! A table is a sorted array of [`UnwindRow`]s compiled from one binary's `.eh_frame`. Row `i`
+//! covers the PCs from `rows[i].pc` up to `rows[i + 1].pc`; the last row of every table has
+//! kind [`CFA_NOT_COVERED`] and marks where coverage ends. Gaps between functions that have no
+//! CFI get a [`CFA_NOT_COVERED`] row too, so a lookup never attributes one function's rule to
+//! the code after it.
+//!
+//! On x86-64 the return address is always at CFA - 8, so a row only needs the CFA rule and the
+//! rule for the caller's rbp (the one callee-saved register that code without tables, such as
+//! Go or JIT code, needs for frame-pointer unwinding).
+//!
+//! Rows are plain integers rather than Rust enums so that any bit pattern read from a map is a
+//! valid value; the `CFA_*` and `RBP_*` constants give the meaning of the kind nibbles.
+
+/// PC range has no CFI: fall back to frame pointers. Also the end-of-table sentinel.
+pub const CFA_NOT_COVERED: u8 = 0;
+/// CFA = rsp + `cfa_offset`.
+pub const CFA_RSP: u8 = 1;
+/// CFA = rbp + `cfa_offset`.
+pub const CFA_RBP: u8 = 2;
+/// The return address is undefined here: this is the outermost frame (`_start`, thread entry).
+pub const CFA_END_OF_STACK: u8 = 3;
+/// The CFI uses something this format cannot express (a DWARF expression, as in PLT stubs and
+/// signal trampolines, or a register other than rsp/rbp, or an offset out of range).
+pub const CFA_UNSUPPORTED: u8 = 4;
+/// PLT stub (`.plt`/`.plt.sec` lazy-binding entries): CFA = rsp + 8, plus 8 more when
+/// `(pc & 15) >= cfa_offset`. This is the one DWARF expression every linker emits, so it gets
+/// its own kind instead of being reported as unsupported.
+pub const CFA_PLT: u8 = 5;
+
+/// The caller's rbp equals the current rbp (not saved, or not yet clobbered).
+pub const RBP_UNCHANGED: u8 = 0;
+/// The caller's rbp is saved at CFA + 8 * `rbp_offset`.
+pub const RBP_AT_CFA: u8 = 1;
+
+/// One unwind rule, 8 bytes.
+///
+/// `pc` is an offset from the table's [`UnwindTableInfo::pc_base`] rather than an absolute
+/// address: a single binary's code is far smaller than 4 GiB, and 32 bits halve the row
+/// compared to a u64 PC with padding. Hosts can have millions of rows, so bytes per row matter
+/// more than the one subtraction per lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UnwindRow {
+    /// First PC this row covers, relative to [`UnwindTableInfo::pc_base`].
+    pub pc: u32,
+    /// Offset added to the CFA base register (0..=65535 bytes). For [`CFA_PLT`], the threshold
+    /// on `pc & 15`.
+    pub cfa_offset: u16,
+    /// Where the caller's rbp is saved, in 8-byte units from the CFA (for [`RBP_AT_CFA`]).
+    pub rbp_offset: i8,
+    /// Low nibble: `CFA_*`; high nibble: `RBP_*`.
+    pub kinds: u8,
+}
+
+impl UnwindRow {
+    pub const fn new(pc: u32, cfa_kind: u8, cfa_offset: u16, rbp_kind: u8, rbp_offset: i8) -> Self {
+        UnwindRow { pc, cfa_offset, rbp_offset, kinds: (cfa_kind & 0x0f) | (rbp_kind << 4) }
+    }
+    pub const fn cfa_kind(&self) -> u8 {
+        self.kinds & 0x0f
+    }
+    pub const fn rbp_kind(&self) -> u8 {
+        self.kinds >> 4
+    }
+    /// The same rule at another PC; used to merge and compare rows.
+    pub const fn same_rule(&self, other: &UnwindRow) -> bool {
+        self.cfa_offset == other.cfa_offset
+            && self.rbp_offset == other.rbp_offset
+            && self.kinds == other.kinds
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<UnwindRow>() == 8);
+const _: () = assert!(core::mem::align_of::<UnwindRow>() == 4);
+
+/// Per-binary table metadata. The rows of every table live in one shared array; this says
+/// where this binary's rows are and what their PCs are relative to. The row count is read from
+/// here at run time, which also keeps the verifier from treating binary-search bounds as
+/// constants (see `notes/ebpf-verifier.md`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindTableInfo {
+    /// ELF virtual address that row PCs are relative to (the first covered PC).
+    pub pc_base: u64,
+    /// Index of the table's first row in the shared row array.
+    pub first_row: u32,
+    /// Number of rows, including the final [`CFA_NOT_COVERED`] sentinel.
+    pub row_count: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<UnwindTableInfo>() == 16);
+const _: () = assert!(core::mem::align_of::<UnwindTableInfo>() == 8);
+
+/// Unwinding registers of one frame: exactly what a row's rules read and produce.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindRegs {
+    pub rip: u64,
+    pub rsp: u64,
+    pub rbp: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<UnwindRegs>() == 24);
+
+/// Why a stack walk ended. Also the index into the unwinder's stop counters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StopReason {
+    /// Normal end: the CFI marks the outermost frame, rbp was 0 in frame-pointer mode, or the
+    /// return address was 0.
+    EndOfStack = 0,
+    /// No table for the PC, and the frame-pointer fallback found no plausible frame.
+    NoTable = 1,
+    /// The binary has a table but the PC falls outside every FDE, and the frame-pointer fallback
+    /// found no plausible frame.
+    PcNotCovered = 2,
+    /// Stack memory (return address or saved rbp) could not be read.
+    ReadFailure = 3,
+    /// The walk hit the frame limit.
+    DepthLimit = 4,
+    /// The row's rule cannot be evaluated (see [`CFA_UNSUPPORTED`]).
+    UnsupportedRow = 5,
+    /// The rules produced an impossible frame: the CFA did not move up the stack, or a lookup
+    /// structure was inconsistent.
+    BadFrame = 6,
+}
+
+impl StopReason {
+    pub const COUNT: u32 = 7;
+    pub const ALL: [StopReason; Self::COUNT as usize] = [
+        StopReason::EndOfStack,
+        StopReason::NoTable,
+        StopReason::PcNotCovered,
+        StopReason::ReadFailure,
+        StopReason::DepthLimit,
+        StopReason::UnsupportedRow,
+        StopReason::BadFrame,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            StopReason::EndOfStack => "end_of_stack",
+            StopReason::NoTable => "no_table",
+            StopReason::PcNotCovered => "pc_not_covered",
+            StopReason::ReadFailure => "read_failure",
+            StopReason::DepthLimit => "depth_limit",
+            StopReason::UnsupportedRow => "unsupported_row",
+            StopReason::BadFrame => "bad_frame",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: UnwindRow is repr(C) with only integer fields and no padding (size assertion:
+    // 4 + 2 + 1 + 1 = 8), so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::UnwindRow {}
+    // SAFETY: repr(C), integers only, no padding (8 + 4 + 4 = 16, checked above).
+    unsafe impl aya::Pod for super::UnwindTableInfo {}
+    // SAFETY: repr(C), three u64s, no padding (checked above).
+    unsafe impl aya::Pod for super::UnwindRegs {}
+}

@@ -1,0 +1,179 @@
+//! Evaluates `.eh_frame` CFI with gimli and turns each CFI row into a compact rule.
+
+use super::{CompileOptions, CompileStats, Error, SectionAddrs};
+use super::layout::Span;
+use gimli::{
+    BaseAddresses, CfaRule, CieOrFde, CommonInformationEntry, EhFrame, EhFrameOffset,
+    EndianSlice, LittleEndian, RegisterRule, UnwindContext, UnwindSection, UnwindTableRow, X86_64,
+};
+use profiler_common::unwind::{
+    UnwindRow, CFA_END_OF_STACK, CFA_PLT, CFA_RBP, CFA_RSP, CFA_UNSUPPORTED, RBP_AT_CFA,
+    RBP_UNCHANGED,
+};
+use std::collections::HashMap;
+
+type Reader<'a> = EndianSlice<'a, LittleEndian>;
+
+/// Every CFI row of every FDE as an address span with its rule, in section order.
+pub(super) fn collect_spans(
+    data: &[u8],
+    addrs: &SectionAddrs,
+    opts: &CompileOptions,
+    stats: &mut CompileStats,
+) -> Result<Vec<Span>, Error> {
+    let mut section = EhFrame::new(data, LittleEndian);
+    section.set_address_size(8);
+    let mut bases = BaseAddresses::default().set_eh_frame(addrs.eh_frame);
+    if let Some(text) = addrs.text {
+        bases = bases.set_text(text);
+    }
+    if let Some(got) = addrs.got {
+        bases = bases.set_got(got);
+    }
+    // Before merging there can be more CFI rows than table rows; bound them too.
+    let span_limit = opts.max_rows.saturating_mul(4);
+    let mut spans = Vec::new();
+    let mut fde_spans = Vec::new();
+    let mut cies: HashMap<usize, CommonInformationEntry<Reader<'_>>> = HashMap::new();
+    // UnwindContext is a few KiB; reused for every FDE.
+    let mut ctx = Box::new(UnwindContext::new());
+    let mut entries = section.entries(&bases);
+    while let Some(entry) = entries.next()? {
+        let partial = match entry {
+            CieOrFde::Cie(cie) => {
+                cies.insert(cie.offset(), cie);
+                continue;
+            }
+            CieOrFde::Fde(partial) => partial,
+        };
+        stats.fdes += 1;
+        let fde = partial.parse(|section, bases, offset: EhFrameOffset| match cies.get(&offset.0) {
+            Some(cie) => Ok(cie.clone()),
+            None => section.cie_from_offset(bases, offset),
+        });
+        let Ok(fde) = fde else {
+            stats.bad_fdes += 1;
+            continue;
+        };
+        fde_spans.clear();
+        let evaluated = (|| -> gimli::Result<()> {
+            let mut rows = fde.rows(&section, &bases, &mut ctx)?;
+            while let Some(row) = rows.next_row()? {
+                if fde_spans.len() >= span_limit {
+                    return Err(gimli::Error::StackFull);
+                }
+                fde_spans.push(Span {
+                    start: row.start_address(),
+                    end: row.end_address(),
+                    rule: rule_of(row, &section),
+                });
+            }
+            Ok(())
+        })();
+        if evaluated.is_err() {
+            stats.bad_fdes += 1;
+            continue;
+        }
+        let inside = |s: &Span| match &addrs.code {
+            Some(code) => code.start <= s.start && s.end <= code.end,
+            None => true,
+        };
+        if !fde_spans.iter().all(inside) {
+            stats.fdes_outside_code += 1;
+            continue;
+        }
+        if spans.len() + fde_spans.len() > span_limit {
+            return Err(Error::TooManyRows { limit: opts.max_rows });
+        }
+        stats.cfi_rows += fde_spans.len();
+        for span in &fde_spans {
+            match span.rule.cfa_kind() {
+                CFA_UNSUPPORTED => stats.unsupported_rows += 1,
+                CFA_PLT => stats.plt_rows += 1,
+                _ => {}
+            }
+        }
+        spans.extend_from_slice(&fde_spans);
+    }
+    Ok(spans)
+}
+
+/// The compact rule for one CFI row (pc left at 0).
+fn rule_of(row: &UnwindTableRow<usize>, section: &EhFrame<Reader<'_>>) -> UnwindRow {
+    let unsupported = UnwindRow::new(0, CFA_UNSUPPORTED, 0, RBP_UNCHANGED, 0);
+    // The return address column: undefined marks the outermost frame; anything but
+    // "saved at CFA - 8" breaks the assumption every row relies on.
+    match row.register(X86_64::RA) {
+        Some(RegisterRule::Undefined) => return UnwindRow::new(0, CFA_END_OF_STACK, 0, RBP_UNCHANGED, 0),
+        Some(RegisterRule::Offset(-8)) => {}
+        _ => return unsupported,
+    }
+    let (cfa_kind, cfa_offset) = match row.cfa() {
+        CfaRule::RegisterAndOffset { register, offset } => {
+            let kind = match *register {
+                X86_64::RSP => CFA_RSP,
+                X86_64::RBP => CFA_RBP,
+                _ => return unsupported,
+            };
+            match u16::try_from(*offset) {
+                Ok(offset) => (kind, offset),
+                Err(_) => return unsupported,
+            }
+        }
+        CfaRule::Expression(expr) => match expr.get(section).ok().and_then(|e| plt_threshold(e.0.slice())) {
+            Some(threshold) => (CFA_PLT, threshold),
+            None => return unsupported,
+        },
+    };
+    // Callee-saved rbp: no rule (or same value) means it still holds the caller's value.
+    let (rbp_kind, rbp_offset) = match row.register(X86_64::RBP) {
+        None | Some(RegisterRule::SameValue) | Some(RegisterRule::Undefined) => (RBP_UNCHANGED, 0),
+        Some(RegisterRule::Offset(off)) if off % 8 == 0 => match i8::try_from(off / 8) {
+            Ok(words) => (RBP_AT_CFA, words),
+            Err(_) => return unsupported,
+        },
+        Some(_) => return unsupported,
+    };
+    UnwindRow::new(0, cfa_kind, cfa_offset, rbp_kind, rbp_offset)
+}
+
+/// Recognizes the CFA expression that linkers emit for PLT entries:
+/// `rsp + 8 + ((rip & 15) >= N) << 3`, returning N.
+fn plt_threshold(expr: &[u8]) -> Option<u16> {
+    use gimli::constants::*;
+    const BREG_RSP: u8 = DW_OP_breg7.0;
+    const BREG_RIP: u8 = DW_OP_breg16.0;
+    match *expr {
+        [BREG_RSP, 8, BREG_RIP, 0, lit15, and, litn, ge, lit3, shl, plus]
+            if lit15 == DW_OP_lit15.0
+                && and == DW_OP_and.0
+                && (DW_OP_lit0.0..=DW_OP_lit15.0).contains(&litn)
+                && ge == DW_OP_ge.0
+                && lit3 == DW_OP_lit3.0
+                && shl == DW_OP_shl.0
+                && plus == DW_OP_plus.0 =>
+        {
+            Some(u16::from(litn - DW_OP_lit0.0))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plt_threshold;
+
+    #[test]
+    fn plt_expression() {
+        // What binutils emits for .plt (threshold 11) and IBT .plt (10).
+        let plt = [0x77, 8, 0x80, 0, 0x3f, 0x1a, 0x3b, 0x2a, 0x33, 0x24, 0x22];
+        assert_eq!(plt_threshold(&plt), Some(11));
+        let mut ibt = plt;
+        ibt[6] = 0x3a;
+        assert_eq!(plt_threshold(&ibt), Some(10));
+        let mut other = plt;
+        other[1] = 16;
+        assert_eq!(plt_threshold(&other), None);
+        assert_eq!(plt_threshold(&plt[..10]), None);
+    }
+}

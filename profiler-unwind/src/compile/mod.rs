@@ -1,0 +1,112 @@
+//! Compiles `.eh_frame` into a sorted [`UnwindRow`] table (needs `std`).
+//!
+//! Input may be hostile: every size is checked, the row count is capped, and a malformed
+//! entry is an error or a skipped FDE, never a panic.
+
+mod cfi;
+mod elf;
+mod layout;
+
+pub use elf::compile_elf;
+
+use crate::search::{find_row, table_pc};
+use profiler_common::unwind::{UnwindRow, UnwindTableInfo};
+use std::ops::Range;
+
+#[derive(thiserror::Error, Debug)]
+pub enum Error {
+    #[error("cannot parse ELF file: {0}")]
+    Object(#[from] object::Error),
+    #[error("not an x86-64 little-endian ELF file")]
+    UnsupportedArch,
+    #[error("no .eh_frame section")]
+    NoEhFrame,
+    #[error("malformed .eh_frame: {0}")]
+    Cfi(#[from] gimli::Error),
+    #[error("table would exceed {limit} rows")]
+    TooManyRows { limit: usize },
+    #[error("covered code spans {span:#x} bytes, beyond what a 32-bit row pc can address")]
+    CodeTooLarge { span: u64 },
+}
+
+/// Where the sections that `.eh_frame` pointers can be relative to were loaded (ELF vaddrs).
+#[derive(Clone, Debug, Default)]
+pub struct SectionAddrs {
+    pub eh_frame: u64,
+    pub text: Option<u64>,
+    pub got: Option<u64>,
+    /// Executable address range. FDEs reaching outside it are dropped, so one corrupt or
+    /// hostile FDE cannot stretch the table over the whole address space.
+    pub code: Option<Range<u64>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// Largest table accepted; bigger ones fail with [`Error::TooManyRows`].
+    pub max_rows: usize,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        // 4M rows = 32 MiB: above the largest binaries seen (browsers), far below a host budget.
+        CompileOptions { max_rows: 4 << 20 }
+    }
+}
+
+/// What went into a table; the agent exports these as metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompileStats {
+    pub fdes: usize,
+    /// FDEs whose CIE or instructions failed to parse: their code is left uncovered.
+    pub bad_fdes: usize,
+    /// FDEs reaching outside the executable range: left uncovered.
+    pub fdes_outside_code: usize,
+    /// CFI rows before merging.
+    pub cfi_rows: usize,
+    pub unsupported_rows: usize,
+    pub plt_rows: usize,
+}
+
+/// A compiled table: rows sorted by pc, pcs relative to `pc_base`, ending with a
+/// `CFA_NOT_COVERED` sentinel (unless empty).
+#[derive(Clone, Debug, Default)]
+pub struct CompiledTable {
+    pub pc_base: u64,
+    pub rows: Vec<UnwindRow>,
+    pub stats: CompileStats,
+}
+
+impl CompiledTable {
+    /// The row covering an ELF vaddr; a `CFA_NOT_COVERED` row outside the table.
+    pub fn lookup(&self, vaddr: u64) -> UnwindRow {
+        table_pc(self.pc_base, vaddr)
+            .and_then(|pc| find_row(&self.rows, pc))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Metadata for the kernel when the rows are stored from index `first_row` on.
+    pub fn info(&self, first_row: u32) -> UnwindTableInfo {
+        UnwindTableInfo {
+            pc_base: self.pc_base,
+            first_row,
+            row_count: u32::try_from(self.rows.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    pub fn size_bytes(&self) -> usize {
+        std::mem::size_of_val(self.rows.as_slice())
+    }
+}
+
+/// Compiles raw `.eh_frame` bytes loaded at `addrs.eh_frame`.
+pub fn compile_eh_frame(
+    eh_frame: &[u8],
+    addrs: &SectionAddrs,
+    opts: &CompileOptions,
+) -> Result<CompiledTable, Error> {
+    let mut stats = CompileStats::default();
+    let spans = cfi::collect_spans(eh_frame, addrs, opts, &mut stats)?;
+    let (pc_base, rows) = layout::lay_out(spans, opts.max_rows)?;
+    Ok(CompiledTable { pc_base, rows, stats })
+}

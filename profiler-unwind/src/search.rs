@@ -1,0 +1,103 @@
+//! Binary search over sorted rows, written so the eBPF verifier can follow it: the step count
+//! has a fixed ceiling, the row count comes from data, and rows are fetched through a closure
+//! (a map lookup in the kernel, a slice in userspace).
+
+use profiler_common::unwind::{StopReason, UnwindRow};
+
+/// Enough halvings for any `u32` row count: a range of n rows needs ceil(log2(n + 1)) steps.
+pub const MAX_SEARCH_STEPS: u32 = 32;
+
+/// Index of the last of `count` rows (sorted by pc) whose pc is `<= pc`, or `None` when `pc`
+/// precedes the first row. `pc_at(i)` returns row `i`'s pc, or `None` if the row cannot be
+/// read, which ends the search with [`StopReason::BadFrame`].
+#[inline(always)]
+pub fn search_rows(
+    count: u32,
+    pc: u32,
+    mut pc_at: impl FnMut(u32) -> Option<u32>,
+) -> Result<Option<u32>, StopReason> {
+    // Invariant: rows below `lo` have pc <= target; rows at or above `hi` have pc > target.
+    let mut lo = 0u32;
+    let mut hi = count;
+    for _ in 0..MAX_SEARCH_STEPS {
+        if lo >= hi {
+            break;
+        }
+        let mid = lo + (hi - lo) / 2;
+        let mid_pc = pc_at(mid).ok_or(StopReason::BadFrame)?;
+        if mid_pc <= pc {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    if lo < hi {
+        // Unreachable for a u32 count; kept so a miscount can never yield a wrong row.
+        return Err(StopReason::BadFrame);
+    }
+    Ok(lo.checked_sub(1))
+}
+
+/// The row covering `pc` (relative to the table's `pc_base`), or `None` when `pc` precedes
+/// the table. Callers must still check the row's kind: the end sentinel and gaps are
+/// `CFA_NOT_COVERED` rows.
+pub fn find_row(rows: &[UnwindRow], pc: u32) -> Option<&UnwindRow> {
+    let count = u32::try_from(rows.len()).unwrap_or(u32::MAX);
+    let idx = search_rows(count, pc, |i| rows.get(i as usize).map(|r| r.pc)).ok()??;
+    rows.get(idx as usize)
+}
+
+/// `vaddr` relative to a table's `pc_base`, if it fits a row's 32-bit pc.
+#[inline(always)]
+pub fn table_pc(pc_base: u64, vaddr: u64) -> Option<u32> {
+    u32::try_from(vaddr.checked_sub(pc_base)?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use profiler_common::unwind::CFA_RSP;
+
+    fn rows(pcs: &[u32]) -> Vec<UnwindRow> {
+        pcs.iter().map(|&pc| UnwindRow::new(pc, CFA_RSP, pc as u16, 0, 0)).collect()
+    }
+
+    #[test]
+    fn finds_last_row_at_or_below() {
+        let r = rows(&[10, 20, 30, 40]);
+        assert_eq!(find_row(&r, 9), None);
+        assert_eq!(find_row(&r, 10).unwrap().pc, 10);
+        assert_eq!(find_row(&r, 19).unwrap().pc, 10);
+        assert_eq!(find_row(&r, 20).unwrap().pc, 20);
+        assert_eq!(find_row(&r, 39).unwrap().pc, 30);
+        assert_eq!(find_row(&r, u32::MAX).unwrap().pc, 40);
+        assert_eq!(find_row(&[], 5), None);
+    }
+
+    #[test]
+    fn agrees_with_linear_scan() {
+        let pcs: Vec<u32> = (0..1000u32).map(|i| i * 7 + (i % 3)).collect();
+        let r = rows(&pcs);
+        for pc in 0..7100 {
+            let want = pcs.iter().rposition(|&p| p <= pc).map(|i| pcs[i]);
+            assert_eq!(find_row(&r, pc).map(|r| r.pc), want, "pc {pc}");
+        }
+    }
+
+    #[test]
+    fn huge_count_stays_bounded() {
+        // A count near u32::MAX converges within MAX_SEARCH_STEPS.
+        let got = search_rows(u32::MAX, 12345, |i| Some(i));
+        assert_eq!(got, Ok(Some(12345)));
+        let got = search_rows(u32::MAX, u32::MAX, |i| Some(i));
+        assert_eq!(got, Ok(Some(u32::MAX - 1)));
+        assert_eq!(search_rows(10, 3, |_| None), Err(StopReason::BadFrame));
+    }
+
+    #[test]
+    fn table_pc_range() {
+        assert_eq!(table_pc(0x1000, 0xfff), None);
+        assert_eq!(table_pc(0x1000, 0x1010), Some(0x10));
+        assert_eq!(table_pc(0, 1 << 32), None);
+    }
+}

@@ -1,0 +1,158 @@
+//! One frame up: apply a row's rules, or follow the frame-pointer chain.
+
+use profiler_common::unwind::{
+    StopReason, UnwindRegs as Regs, UnwindRow, CFA_END_OF_STACK, CFA_NOT_COVERED, CFA_PLT,
+    CFA_RBP, CFA_RSP, RBP_AT_CFA, RBP_UNCHANGED,
+};
+
+/// The caller's registers according to `row`, which must be the row covering `regs.rip`.
+/// `read_u64` reads 8 bytes of the target's memory (`bpf_probe_read_user` in the kernel).
+#[inline(always)]
+pub fn step(
+    regs: &Regs,
+    row: &UnwindRow,
+    mut read_u64: impl FnMut(u64) -> Option<u64>,
+) -> Result<Regs, StopReason> {
+    let offset = u64::from(row.cfa_offset);
+    let cfa = match row.cfa_kind() {
+        CFA_RSP => regs.rsp.checked_add(offset),
+        CFA_RBP => regs.rbp.checked_add(offset),
+        // Past the PLT entry's `push` (at byte `cfa_offset` of the 16-byte entry) one more
+        // word is on the stack.
+        CFA_PLT => {
+            let pushed = if regs.rip & 15 >= offset { 16 } else { 8 };
+            regs.rsp.checked_add(pushed)
+        }
+        CFA_END_OF_STACK => return Err(StopReason::EndOfStack),
+        CFA_NOT_COVERED => return Err(StopReason::PcNotCovered),
+        _ => return Err(StopReason::UnsupportedRow),
+    };
+    // The CFA is the caller's rsp, which is above ours: anything else would loop or go down.
+    let cfa = match cfa {
+        Some(cfa) if cfa > regs.rsp => cfa,
+        _ => return Err(StopReason::BadFrame),
+    };
+    let rbp = match row.rbp_kind() {
+        RBP_UNCHANGED => regs.rbp,
+        RBP_AT_CFA => {
+            let at = cfa.wrapping_add_signed(i64::from(row.rbp_offset) * 8);
+            read_u64(at).ok_or(StopReason::ReadFailure)?
+        }
+        _ => return Err(StopReason::UnsupportedRow),
+    };
+    let ra_at = cfa.checked_sub(8).ok_or(StopReason::BadFrame)?;
+    let ra = read_u64(ra_at).ok_or(StopReason::ReadFailure)?;
+    if ra == 0 {
+        return Err(StopReason::EndOfStack);
+    }
+    Ok(Regs { rip: ra, rsp: cfa, rbp })
+}
+
+/// The caller's registers by the frame-pointer convention: rbp points at the saved rbp, with
+/// the return address above it. An implausible rbp (below rsp, misaligned) gives
+/// [`StopReason::BadFrame`], which callers translate into why they had to guess.
+#[inline(always)]
+pub fn fp_step(regs: &Regs, mut read_u64: impl FnMut(u64) -> Option<u64>) -> Result<Regs, StopReason> {
+    if regs.rbp == 0 {
+        return Err(StopReason::EndOfStack);
+    }
+    if regs.rbp < regs.rsp || regs.rbp & 7 != 0 {
+        return Err(StopReason::BadFrame);
+    }
+    let caller_rsp = regs.rbp.checked_add(16).ok_or(StopReason::BadFrame)?;
+    let ra_at = regs.rbp + 8;
+    let saved_rbp = read_u64(regs.rbp).ok_or(StopReason::ReadFailure)?;
+    let ra = read_u64(ra_at).ok_or(StopReason::ReadFailure)?;
+    if ra == 0 {
+        return Err(StopReason::EndOfStack);
+    }
+    Ok(Regs { rip: ra, rsp: caller_rsp, rbp: saved_rbp })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use profiler_common::unwind::CFA_UNSUPPORTED;
+
+    /// Little-endian words at `base`, `base + 8`, ...
+    fn mem(base: u64, words: &[u64]) -> impl FnMut(u64) -> Option<u64> + '_ {
+        move |addr| {
+            let off = addr.checked_sub(base)?;
+            if off % 8 != 0 {
+                return None;
+            }
+            words.get((off / 8) as usize).copied()
+        }
+    }
+
+    #[test]
+    fn rsp_rule_with_saved_rbp() {
+        // push rbp; sub $16,rsp: CFA = rsp + 32, rbp at CFA - 16, RA at CFA - 8.
+        let stack = [0, 0, 0xdead_0000, 0x40_1234];
+        let regs = Regs { rip: 0x1000, rsp: 0x7000, rbp: 5 };
+        let row = UnwindRow::new(0, CFA_RSP, 32, RBP_AT_CFA, -2);
+        let up = step(&regs, &row, mem(0x7000, &stack)).unwrap();
+        assert_eq!(up, Regs { rip: 0x40_1234, rsp: 0x7020, rbp: 0xdead_0000 });
+    }
+
+    #[test]
+    fn rbp_rule_and_unchanged_rbp() {
+        let stack = [0x7100, 0x40_5678];
+        let regs = Regs { rip: 0x1000, rsp: 0x6f00, rbp: 0x7000 };
+        let row = UnwindRow::new(0, CFA_RBP, 16, RBP_AT_CFA, -2);
+        let up = step(&regs, &row, mem(0x7000, &stack)).unwrap();
+        assert_eq!(up, Regs { rip: 0x40_5678, rsp: 0x7010, rbp: 0x7100 });
+        let row = UnwindRow::new(0, CFA_RBP, 16, RBP_UNCHANGED, 0);
+        assert_eq!(step(&regs, &row, mem(0x7000, &stack)).unwrap().rbp, 0x7000);
+    }
+
+    #[test]
+    fn plt_rule() {
+        let stack = [0, 0x40_0001];
+        let row = UnwindRow::new(0, CFA_PLT, 11, RBP_UNCHANGED, 0);
+        let at_start = Regs { rip: 0x1020, rsp: 0x7000, rbp: 0 };
+        assert_eq!(step(&at_start, &row, mem(0x7000, &[0x40_0002])).unwrap().rsp, 0x7008);
+        let after_push = Regs { rip: 0x102b, rsp: 0x7000, rbp: 0 };
+        assert_eq!(step(&after_push, &row, mem(0x7000, &stack)).unwrap().rip, 0x40_0001);
+    }
+
+    #[test]
+    fn stops() {
+        let regs = Regs { rip: 0x1000, rsp: 0x7000, rbp: 0 };
+        let read = |_| Some(1);
+        let kinds = [
+            (CFA_END_OF_STACK, StopReason::EndOfStack),
+            (CFA_NOT_COVERED, StopReason::PcNotCovered),
+            (CFA_UNSUPPORTED, StopReason::UnsupportedRow),
+            (15, StopReason::UnsupportedRow),
+        ];
+        for (kind, want) in kinds {
+            assert_eq!(step(&regs, &UnwindRow::new(0, kind, 8, 0, 0), read), Err(want));
+        }
+        // CFA not above rsp: rbp-based with rbp = 0.
+        assert_eq!(step(&regs, &UnwindRow::new(0, CFA_RBP, 16, 0, 0), read), Err(StopReason::BadFrame));
+        assert_eq!(step(&regs, &UnwindRow::new(0, CFA_RSP, 0, 0, 0), read), Err(StopReason::BadFrame));
+        // Overflow.
+        let high = Regs { rsp: u64::MAX - 4, ..regs };
+        assert_eq!(step(&high, &UnwindRow::new(0, CFA_RSP, 8, 0, 0), read), Err(StopReason::BadFrame));
+        assert_eq!(step(&regs, &UnwindRow::new(0, CFA_RSP, 8, 0, 0), |_| None), Err(StopReason::ReadFailure));
+        assert_eq!(step(&regs, &UnwindRow::new(0, CFA_RSP, 8, 0, 0), |_| Some(0)), Err(StopReason::EndOfStack));
+        assert_eq!(step(&regs, &UnwindRow::new(0, CFA_RSP, 8, 7, 0), read), Err(StopReason::UnsupportedRow));
+    }
+
+    #[test]
+    fn frame_pointers() {
+        let stack = [0x7100, 0x40_0042];
+        let regs = Regs { rip: 0x1000, rsp: 0x6ff0, rbp: 0x7000 };
+        assert_eq!(
+            fp_step(&regs, mem(0x7000, &stack)),
+            Ok(Regs { rip: 0x40_0042, rsp: 0x7010, rbp: 0x7100 })
+        );
+        assert_eq!(fp_step(&Regs { rbp: 0, ..regs }, |_| Some(1)), Err(StopReason::EndOfStack));
+        assert_eq!(fp_step(&Regs { rbp: 0x6000, ..regs }, |_| Some(1)), Err(StopReason::BadFrame));
+        assert_eq!(fp_step(&Regs { rbp: 0x7004, ..regs }, |_| Some(1)), Err(StopReason::BadFrame));
+        assert_eq!(fp_step(&Regs { rbp: u64::MAX & !7, ..regs }, |_| Some(1)), Err(StopReason::BadFrame));
+        assert_eq!(fp_step(&Regs { rbp: u64::MAX - 15, ..regs }, |_| Some(1)), Err(StopReason::BadFrame));
+        assert_eq!(fp_step(&regs, |_| None), Err(StopReason::ReadFailure));
+    }
+}
