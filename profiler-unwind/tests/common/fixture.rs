@@ -1,0 +1,32 @@
+//! Builds the C fixtures with gcc.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// Compiles each `(source, flags)` to an object and links them into `name`, in a directory of
+/// its own under the target's test tmpdir.
+pub fn build(name: &str, units: &[(&str, &[&str])]) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("unwind-fixtures").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut objects = Vec::new();
+    for (source, flags) in units {
+        let obj = dir.join(source.replace(".c", ".o"));
+        run(Command::new("gcc")
+            .args(*flags)
+            .arg("-c")
+            .arg(Path::new(FIXTURES).join(source))
+            .arg("-o")
+            .arg(&obj));
+        objects.push(obj);
+    }
+    let exe = dir.join(name);
+    run(Command::new("gcc").args(&objects).arg("-o").arg(&exe));
+    exe
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,0 +1,7 @@
+//! Test support: C fixtures, ptrace captures of live stacks, and offline unwinding of those
+//! captures with the crate's tables and walker.
+#![allow(dead_code)]
+
+pub mod capture;
+pub mod fixture;
+pub mod process;

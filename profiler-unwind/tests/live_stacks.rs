@@ -1,0 +1,94 @@
+//! Live stacks of a C program built without frame pointers, captured with ptrace at random
+//! moments and unwound with the crate's tables and walker: the whole chain down to `main`,
+//! through libc's `qsort`, must come back.
+
+mod common;
+
+use common::capture::capture;
+use common::fixture;
+use common::process::{Binaries, Stack};
+use profiler_unwind::StopReason;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+const OMIT_FP: &[&str] = &["-O2", "-g", "-fomit-frame-pointer"];
+/// No CFI at all and frame pointers: the walker must bridge it with the rbp chain.
+const FP_NO_CFI: &[&str] =
+    &["-O2", "-fno-omit-frame-pointer", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables"];
+
+/// The fixture's own functions, innermost first.
+const CHAIN: [&str; 5] = ["compare", "leaf", "middle", "outer", "main"];
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Small xorshift so sample times differ between runs without a rand dependency.
+fn jitter_ms(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    5 + *state % 25
+}
+
+fn sample(exe: &std::path::Path, samples: usize) -> Vec<Stack> {
+    let child = Running(Command::new(exe).stdout(Stdio::null()).spawn().unwrap());
+    let pid = child.0.id() as i32;
+    std::thread::sleep(Duration::from_millis(50));
+    let mut seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let mut binaries = Binaries::default();
+    (0..samples)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(jitter_ms(&mut seed)));
+            let cap = capture(pid).expect("ptrace capture");
+            binaries.unwind(&cap)
+        })
+        .collect()
+}
+
+/// Every stack ends normally, in `main` and libc's start code, and the fixture's frames in it
+/// are an unbroken suffix of `compare -> leaf -> middle -> outer -> main`.
+fn check(stacks: &[Stack]) {
+    let mut through_libc = 0;
+    for stack in stacks {
+        let ctx = || format!("{:?} {:x?} {:?}", stack.names, stack.frames, stack.outcome);
+        assert_eq!(stack.outcome.stop, StopReason::EndOfStack, "{}", ctx());
+        let ours: Vec<&str> =
+            stack.names.iter().map(String::as_str).filter(|n| CHAIN.contains(n)).collect();
+        assert!(!ours.is_empty(), "{}", ctx());
+        let suffix = &CHAIN[CHAIN.len() - ours.len()..];
+        assert_eq!(ours, suffix, "{}", ctx());
+        let main_at = stack.names.iter().position(|n| n == "main").unwrap();
+        assert!(
+            stack.names[main_at + 1..].iter().any(|n| n.contains("libc_start")),
+            "libc start code below main: {}",
+            ctx()
+        );
+        // Sampled inside qsort or the comparator: libc frames sit between compare/qsort and leaf.
+        let leaf_at = stack.names.iter().position(|n| n == "leaf");
+        if leaf_at.is_some_and(|i| i > 0 && stack.names[..i].iter().any(|n| !CHAIN.contains(&n.as_str()))) {
+            through_libc += 1;
+        }
+    }
+    // The comparator and qsort take nearly all the time.
+    assert!(through_libc * 2 >= stacks.len(), "{through_libc} of {} stacks crossed libc", stacks.len());
+    eprintln!("{} stacks ok, {through_libc} through qsort; e.g. {:?}", stacks.len(), stacks[0].names);
+}
+
+#[test]
+fn c_without_frame_pointers() {
+    let exe = fixture::build("chain-nofp", &[("chain_main.c", OMIT_FP), ("chain_middle.c", OMIT_FP)]);
+    check(&sample(&exe, 40));
+}
+
+#[test]
+fn c_mixed_tables_and_frame_pointers() {
+    // `middle` has no CFI; leaf and outer have CFI but no frame pointers.
+    let exe = fixture::build("chain-mixed", &[("chain_main.c", OMIT_FP), ("chain_middle.c", FP_NO_CFI)]);
+    check(&sample(&exe, 40));
+}
