@@ -1,9 +1,8 @@
 //! The caching front end: one parsed context per binary, plus a per-address result cache.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
-use crate::cache::Lru;
+use crate::cache::{AddrMap, Lru};
 use crate::demangle::demangle;
 use crate::dwarf::DwarfContext;
 use crate::elf::ElfSymbols;
@@ -35,10 +34,15 @@ impl Default for SymbolizerConfig {
 
 /// Everything parsed from one binary.
 struct Context {
+    parsed: Parsed,
+    addresses: AddrMap<Lookup>,
+}
+
+/// The symbol sources of one binary, most precise first.
+struct Parsed {
     go: Option<GoTable>,
     elf: ElfSymbols,
     dwarf: Option<DwarfContext>,
-    addresses: HashMap<u64, Lookup>,
 }
 
 impl Context {
@@ -58,9 +62,11 @@ impl Context {
             }
         }
         let go = GoTable::load(binary);
-        Ok(Context { go, elf, dwarf, addresses: HashMap::new() })
+        Ok(Context { parsed: Parsed { go, elf, dwarf }, addresses: AddrMap::default() })
     }
+}
 
+impl Parsed {
     fn resolve(&self, addr: u64, inlines: bool) -> Lookup {
         // Go text: pclntab is what the runtime itself uses, inline chains included.
         if let Some(go) = &self.go {
@@ -108,6 +114,19 @@ impl Symbolizer {
     /// Resolves ELF virtual addresses (already normalized; pass `pc - 1` for return addresses).
     /// Fails only when the binary cannot be parsed at all; per-address failures are [`crate::Miss`].
     pub fn symbolize(&mut self, binary: &Binary, addrs: &[u64]) -> Result<Vec<Lookup>, Error> {
+        let mut out = Vec::with_capacity(addrs.len());
+        self.symbolize_each(binary, addrs, |_, lookup| out.push(lookup.clone()))?;
+        Ok(out)
+    }
+
+    /// As [`Symbolizer::symbolize`], but hands each result to `f(index, &lookup)` without
+    /// copying it: the fast path for callers that intern names anyway.
+    pub fn symbolize_each(
+        &mut self,
+        binary: &Binary,
+        addrs: &[u64],
+        mut f: impl FnMut(usize, &Lookup),
+    ) -> Result<(), Error> {
         let ctx = match self.contexts.get_mut(binary.id()) {
             Some(ctx) => ctx,
             None => {
@@ -117,24 +136,27 @@ impl Symbolizer {
         };
         let cap = self.config.cache_addresses;
         let inlines = self.config.inlines;
-        Ok(addrs
-            .iter()
-            .map(|&addr| {
-                if let Some(hit) = ctx.addresses.get(&addr) {
-                    return hit.clone();
+        for (i, &addr) in addrs.iter().enumerate() {
+            if cap == 0 {
+                f(i, &ctx.parsed.resolve(addr, inlines));
+                continue;
+            }
+            if ctx.addresses.len() >= cap && !ctx.addresses.contains_key(&addr) {
+                ctx.addresses.clear();
+            }
+            let entry = match ctx.addresses.entry(addr) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let r = ctx.parsed.resolve(addr, inlines);
+                    v.insert(r)
                 }
-                let result = ctx.resolve(addr, inlines);
-                if cap > 0 {
-                    if ctx.addresses.len() >= cap {
-                        ctx.addresses.clear();
-                    }
-                    ctx.addresses.insert(addr, result.clone());
-                }
-                result
-            })
-            .collect())
+            };
+            f(i, entry);
+        }
+        Ok(())
     }
 }
+
 
 #[cfg(test)]
 mod tests {

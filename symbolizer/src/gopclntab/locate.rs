@@ -52,7 +52,16 @@ pub(crate) fn find_pclntab(binary: &Binary, obj: &object::File<'_>) -> Option<Fo
             return Some(f);
         }
     }
-    scan_for_magic(binary)
+    // Scanning costs a pass over the read-only data: only for files that look like Go (a Go
+    // build ID or buildinfo) or that have no section headers to tell.
+    let looks_go = binary.go_build_id().is_some()
+        || obj.section_by_name(".go.buildinfo").is_some()
+        || obj.sections().next().is_none();
+    if looks_go {
+        scan_for_magic(binary)
+    } else {
+        None
+    }
 }
 
 /// A pclntab header at `b[0..]`: known magic, zero pad bytes, sane quantum and pointer size.

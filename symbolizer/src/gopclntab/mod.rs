@@ -7,9 +7,13 @@ mod pcvalue;
 mod read;
 
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use crate::cache::AddrMap;
 use crate::{Binary, Frame, Miss};
 use memory::Memory;
-use pcvalue::pcvalue;
+use pcvalue::{decode, Runs};
 use read::{cstr_at, i16_at, i32_at, u32_at, u8_at, word_at};
 
 /// The pclntab layout family, told by the header magic.
@@ -62,7 +66,19 @@ pub struct GoTable {
     pclntab: usize,
     /// `moduledata.gofunc` (1.18+): base of funcdata offsets.
     gofunc: Option<u64>,
+    /// Decoded pcvalue programs of recently used functions, keyed by funcoff.
+    decoded: RefCell<AddrMap<Arc<Decoded>>>,
 }
+
+/// One function's pcfile, pcln and inline-index programs, decoded.
+struct Decoded {
+    file: Runs,
+    line: Runs,
+    inline: Runs,
+}
+
+/// Functions whose decoded tables are kept; past this the cache starts over.
+const DECODED_FUNCTIONS: usize = 16_384;
 
 impl std::fmt::Debug for GoTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -175,6 +191,7 @@ impl GoTable {
             pctab,
             pclntab,
             gofunc: None,
+            decoded: RefCell::default(),
         })
     }
 
@@ -344,11 +361,6 @@ impl GoTable {
         cstr_at(self.tab(), off)
     }
 
-    fn pcvalue(&self, off: u32, entry: u64, pc: u64) -> Option<i32> {
-        let off = if off == 0 { return None } else { self.pctab.checked_add(off as usize)? };
-        pcvalue(self.tab(), off, entry, pc, self.quantum)
-    }
-
     fn file_name(&self, f: &Func, fileno: i32) -> Option<&str> {
         let tab = self.tab();
         let fileno = usize::try_from(fileno).ok()?;
@@ -371,12 +383,6 @@ impl GoTable {
         }
     }
 
-    fn file_line(&self, f: &Func, pc: u64) -> (Option<String>, Option<u32>) {
-        let file = self.pcvalue(f.pcfile, f.entry, pc).and_then(|n| self.file_name(f, n)).map(str::to_owned);
-        let line = self.pcvalue(f.pcln, f.entry, pc).and_then(|l| u32::try_from(l).ok()).filter(|&l| l != 0);
-        (file, line)
-    }
-
     /// Inline tree entry `idx`: (name offset, parent pc offset).
     fn inline_entry(&self, tree: u64, idx: i32) -> Option<(i32, i32)> {
         let idx = u64::try_from(idx).ok()?;
@@ -396,25 +402,51 @@ impl GoTable {
         let (_, funcoff) = self.functab(i).ok_or(Miss::Malformed)?;
         let f = self.func(funcoff).ok_or(Miss::Malformed)?;
         let name = self.func_name(f.name_off).ok_or(Miss::Malformed)?;
+        let d = self.decoded(funcoff, &f);
+        let file_line = |at: u64| {
+            let file = d.file.value_at(f.entry, at).and_then(|n| self.file_name(&f, n)).map(str::to_owned);
+            let line = d.line.value_at(f.entry, at).and_then(|l| u32::try_from(l).ok()).filter(|&l| l != 0);
+            (file, line)
+        };
         let mut frames = Vec::new();
         let mut at = pc;
-        if let (true, Some((pcdata, tree))) = (inlines, f.inline) {
-            let mut idx = self.pcvalue(pcdata, f.entry, at).unwrap_or(-1);
+        if let (true, Some((_, tree))) = (inlines, f.inline) {
+            let mut idx = d.inline.value_at(f.entry, at).unwrap_or(-1);
             while idx >= 0 {
                 if frames.len() >= MAX_INLINE_DEPTH {
                     return Err(Miss::Malformed);
                 }
                 let (name_off, parent_pc) = self.inline_entry(tree, idx).ok_or(Miss::Malformed)?;
                 let callee = self.func_name(name_off).ok_or(Miss::Malformed)?;
-                let (file, line) = self.file_line(&f, at);
+                let (file, line) = file_line(at);
                 frames.push(Frame { function: callee.to_owned(), file, line, inlined: true });
                 at = f.entry.checked_add_signed(i64::from(parent_pc)).ok_or(Miss::Malformed)?;
-                idx = self.pcvalue(pcdata, f.entry, at).unwrap_or(-1);
+                idx = d.inline.value_at(f.entry, at).unwrap_or(-1);
             }
         }
-        let (file, line) = self.file_line(&f, at);
+        let (file, line) = file_line(at);
         frames.push(Frame { function: name.to_owned(), file, line, inlined: false });
         Ok(frames)
+    }
+
+    /// The decoded tables of the function at `funcoff`, from the cache or decoded now.
+    fn decoded(&self, funcoff: usize, f: &Func) -> Arc<Decoded> {
+        if let Some(d) = self.decoded.borrow().get(&(funcoff as u64)) {
+            return d.clone();
+        }
+        let tab = self.tab();
+        let prog = |off: u32| if off == 0 { Runs::default() } else { decode(tab, self.pctab.saturating_add(off as usize), self.quantum) };
+        let d = Arc::new(Decoded {
+            file: prog(f.pcfile),
+            line: prog(f.pcln),
+            inline: f.inline.map_or_else(Runs::default, |(off, _)| prog(off)),
+        });
+        let mut cache = self.decoded.borrow_mut();
+        if cache.len() >= DECODED_FUNCTIONS {
+            cache.clear();
+        }
+        cache.insert(funcoff as u64, d.clone());
+        d
     }
 
     /// Whether `pc` lies in the range the table describes (Go text, not cgo's C code).
