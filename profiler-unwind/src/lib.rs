@@ -18,7 +18,7 @@ pub mod compile;
 pub use profiler_common::unwind::{StopReason, UnwindRegs as Regs, UnwindRow, UnwindTableInfo};
 pub use search::{find_row, search_rows, table_pc, MAX_SEARCH_STEPS};
 pub use step::{fp_step, step};
-pub use walk::{next_frame, unwind, Unwound};
+pub use walk::{next_frame, next_frame_traced, unwind, Unwound};
 
 #[cfg(feature = "std")]
 pub use compile::{compile_eh_frame, compile_elf, CompileOptions, CompileStats, CompiledTable, Error, SectionAddrs};

@@ -22,13 +22,30 @@ pub fn next_frame(
     mut lookup: impl FnMut(u64) -> Result<Option<UnwindRow>, StopReason>,
     read_u64: impl FnMut(u64) -> Option<u64>,
 ) -> Result<Regs, StopReason> {
+    next_frame_traced(regs, innermost, &mut lookup, read_u64).map(|(caller, _)| caller)
+}
+
+/// [`next_frame`], also telling whether the frame-pointer fallback produced the caller.
+#[inline(always)]
+pub fn next_frame_traced(
+    regs: &Regs,
+    innermost: bool,
+    mut lookup: impl FnMut(u64) -> Result<Option<UnwindRow>, StopReason>,
+    read_u64: impl FnMut(u64) -> Option<u64>,
+) -> Result<(Regs, bool), StopReason> {
     let pc = if innermost { regs.rip } else { regs.rip.wrapping_sub(1) };
     let why_guessing = match lookup(pc)? {
-        Some(row) if row.cfa_kind() != CFA_NOT_COVERED => return step(regs, &row, read_u64),
+        Some(row) if row.cfa_kind() != CFA_NOT_COVERED => {
+            return step(regs, &row, read_u64).map(|caller| (caller, false))
+        }
         Some(_) => StopReason::PcNotCovered,
         None => StopReason::NoTable,
     };
-    fp_step(regs, read_u64).map_err(|e| if e == StopReason::BadFrame { why_guessing } else { e })
+    match fp_step(regs, read_u64) {
+        Ok(caller) => Ok((caller, true)),
+        Err(StopReason::BadFrame) => Err(why_guessing),
+        Err(e) => Err(e),
+    }
 }
 
 /// How a walk went: `depth` frames were written, then it stopped for `stop`.
@@ -36,6 +53,8 @@ pub fn next_frame(
 pub struct Unwound {
     pub depth: u32,
     pub stop: StopReason,
+    /// Frames recovered by the frame-pointer fallback rather than a table row.
+    pub fp_frames: u32,
 }
 
 /// Walks the stack from `regs`, writing the sampled rip and then each return address into
@@ -48,23 +67,25 @@ pub fn unwind(
     frames: &mut [u64],
 ) -> Unwound {
     let limit = frames.len().min(max_depth as usize);
+    let mut fp_frames = 0;
     let Some(first) = frames.first_mut().filter(|_| limit > 0) else {
-        return Unwound { depth: 0, stop: StopReason::DepthLimit };
+        return Unwound { depth: 0, stop: StopReason::DepthLimit, fp_frames };
     };
     *first = regs.rip;
     let mut regs = regs;
     for depth in 1..limit {
-        match next_frame(&regs, depth == 1, &mut lookup, &mut read_u64) {
-            Ok(caller) => {
+        match next_frame_traced(&regs, depth == 1, &mut lookup, &mut read_u64) {
+            Ok((caller, by_fp)) => {
                 if let Some(slot) = frames.get_mut(depth) {
                     *slot = caller.rip;
                 }
+                fp_frames += u32::from(by_fp);
                 regs = caller;
             }
-            Err(stop) => return Unwound { depth: depth as u32, stop },
+            Err(stop) => return Unwound { depth: depth as u32, stop, fp_frames },
         }
     }
-    Unwound { depth: limit as u32, stop: StopReason::DepthLimit }
+    Unwound { depth: limit as u32, stop: StopReason::DepthLimit, fp_frames }
 }
 
 #[cfg(test)]
@@ -116,7 +137,8 @@ mod tests {
         let regs = Regs { rip: 0x90_0000, rsp: 0x6ff0, rbp: 0x7000 };
         let mut frames = [0u64; 16];
         let got = unwind(regs, lookup, memory(&mem), 16, &mut frames);
-        assert_eq!(got, Unwound { depth: 4, stop: StopReason::EndOfStack });
+        // Frames 0 and 2 are Go code, unwound by frame pointers.
+        assert_eq!(got, Unwound { depth: 4, stop: StopReason::EndOfStack, fp_frames: 2 });
         assert_eq!(
             frames[..4],
             [0x90_0000, TABLE_START + 0x151, 0x90_0100, TABLE_START + 0x801]
@@ -162,7 +184,7 @@ mod tests {
         // An endless but growing chain hits the depth limit.
         let growing = |addr: u64| Some(if addr % 16 == 0 { addr + 16 } else { 0x90_0000 });
         let got = unwind(regs, lookup, growing, 5, &mut frames);
-        assert_eq!(got, Unwound { depth: 5, stop: StopReason::DepthLimit });
+        assert_eq!(got, Unwound { depth: 5, stop: StopReason::DepthLimit, fp_frames: 4 });
         assert_eq!(unwind(regs, lookup, growing, 100, &mut frames).depth, 8);
         assert_eq!(unwind(regs, lookup, growing, 0, &mut frames).depth, 0);
         assert_eq!(unwind(regs, lookup, growing, 8, &mut []).depth, 0);
@@ -173,6 +195,6 @@ mod tests {
         let regs = Regs { rip: 0x90_0000, rsp: 0x6ff0, rbp: 0x7000 };
         let mut frames = [0u64; 8];
         let got = unwind(regs, |_| Err(StopReason::BadFrame), |_| Some(1), 8, &mut frames);
-        assert_eq!(got, Unwound { depth: 1, stop: StopReason::BadFrame });
+        assert_eq!(got, Unwound { depth: 1, stop: StopReason::BadFrame, fp_frames: 0 });
     }
 }

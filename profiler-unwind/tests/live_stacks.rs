@@ -53,11 +53,12 @@ fn sample(exe: &std::path::Path, samples: usize) -> Vec<Stack> {
 
 /// Every stack ends normally, in `main` and libc's start code, and the fixture's frames in it
 /// are an unbroken suffix of `compare -> leaf -> middle -> outer -> main`.
-fn check(stacks: &[Stack]) {
+fn check(stacks: &[Stack], fp_frames: u32) {
     let mut through_libc = 0;
     for stack in stacks {
         let ctx = || format!("{:?} {:x?} {:?}", stack.names, stack.frames, stack.outcome);
         assert_eq!(stack.outcome.stop, StopReason::EndOfStack, "{}", ctx());
+        assert_eq!(stack.outcome.fp_frames, fp_frames, "{}", ctx());
         let ours: Vec<&str> =
             stack.names.iter().map(String::as_str).filter(|n| CHAIN.contains(n)).collect();
         assert!(!ours.is_empty(), "{}", ctx());
@@ -83,12 +84,13 @@ fn check(stacks: &[Stack]) {
 #[test]
 fn c_without_frame_pointers() {
     let exe = fixture::build("chain-nofp", &[("chain_main.c", OMIT_FP), ("chain_middle.c", OMIT_FP)]);
-    check(&sample(&exe, 40));
+    check(&sample(&exe, 40), 0);
 }
 
 #[test]
 fn c_mixed_tables_and_frame_pointers() {
     // `middle` has no CFI; leaf and outer have CFI but no frame pointers.
     let exe = fixture::build("chain-mixed", &[("chain_main.c", OMIT_FP), ("chain_middle.c", FP_NO_CFI)]);
-    check(&sample(&exe, 40));
+    // Exactly one frame, middle's, comes from the rbp chain.
+    check(&sample(&exe, 40), 1);
 }

@@ -1,0 +1,152 @@
+//! Mutated and truncated `.eh_frame` and ELF input: every result is an error or a well-formed
+//! table, never a panic, and never more rows than allowed.
+
+mod common;
+
+use object::{Object, ObjectSection};
+use profiler_common::unwind::CFA_NOT_COVERED;
+use profiler_unwind::{compile_eh_frame, compile_elf, CompileOptions, CompiledTable, Error, SectionAddrs};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // splitmix64
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// `.eh_frame` bytes and the addresses its pointers are relative to.
+fn eh_frame_of(path: &str) -> (Vec<u8>, SectionAddrs) {
+    let data = std::fs::read(path).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    let sec = file.section_by_name(".eh_frame").unwrap();
+    let addrs = SectionAddrs {
+        eh_frame: sec.address(),
+        text: file.section_by_name(".text").map(|s| s.address()),
+        got: file.section_by_name(".got").map(|s| s.address()),
+        code: None,
+    };
+    (sec.data().unwrap().to_vec(), addrs)
+}
+
+fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
+    let mut data = input.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        match rng.below(6) {
+            0 if !data.is_empty() => {
+                let i = rng.below(data.len());
+                data[i] ^= 1 << rng.below(8);
+            }
+            1 if !data.is_empty() => {
+                let i = rng.below(data.len());
+                data[i] = [0, 0xff, 0x7f, 0x80, 0x40, 0x0c][rng.below(6)];
+            }
+            2 => data.truncate(rng.below(data.len() + 1)),
+            3 if data.len() > 8 => {
+                // A length or pointer field set to something extreme.
+                let i = rng.below(data.len() - 4);
+                let v = [0u32, u32::MAX, 0x7fff_ffff, 0xffff_fff0, 16][rng.below(5)];
+                data[i..i + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            4 if data.len() > 16 => {
+                // Duplicate a chunk somewhere else.
+                let from = rng.below(data.len() - 8);
+                let len = 1 + rng.below((data.len() - from).min(64));
+                let chunk = data[from..from + len].to_vec();
+                let at = rng.below(data.len());
+                data.splice(at..at, chunk);
+            }
+            _ => {
+                let i = rng.below(data.len() + 1);
+                data.insert(i, rng.next() as u8);
+            }
+        }
+    }
+    data
+}
+
+fn check_table(table: &CompiledTable, opts: &CompileOptions) {
+    assert!(table.rows.len() <= opts.max_rows);
+    assert!(table.rows.windows(2).all(|w| w[0].pc < w[1].pc));
+    if let Some(last) = table.rows.last() {
+        assert_eq!(last.cfa_kind(), CFA_NOT_COVERED);
+    }
+}
+
+fn fuzz_eh_frame(path: &str, iterations: usize, seed: u64) -> (usize, usize) {
+    let (data, addrs) = eh_frame_of(path);
+    let opts = CompileOptions { max_rows: 5000 };
+    let mut rng = Rng(seed);
+    let (mut ok, mut err) = (0, 0);
+    for _ in 0..iterations {
+        let input = mutate(&mut rng, &data);
+        let mut addrs = addrs.clone();
+        if rng.below(8) == 0 {
+            addrs.eh_frame = rng.next();
+        }
+        match compile_eh_frame(&input, &addrs, &opts) {
+            Ok(table) => {
+                check_table(&table, &opts);
+                ok += 1;
+            }
+            Err(_) => err += 1,
+        }
+    }
+    (ok, err)
+}
+
+#[test]
+fn mutated_eh_frame_of_fixture() {
+    let exe = common::fixture::build("chain-hostile", &[("chain_main.c", &["-O2"]), ("chain_middle.c", &["-O2"])]);
+    let (ok, err) = fuzz_eh_frame(exe.to_str().unwrap(), 20_000, 1);
+    eprintln!("fixture: {ok} ok, {err} errors");
+    assert!(ok > 0 && err > 0);
+}
+
+#[test]
+fn mutated_eh_frame_of_system_binary() {
+    let (ok, err) = fuzz_eh_frame("/usr/bin/true", 3000, 2);
+    eprintln!("/usr/bin/true: {ok} ok, {err} errors");
+}
+
+#[test]
+fn mutated_elf() {
+    let exe = common::fixture::build("chain-hostile-elf", &[("chain_main.c", &["-O2"]), ("chain_middle.c", &["-O2"])]);
+    let data = std::fs::read(exe).unwrap();
+    let opts = CompileOptions::default();
+    let mut rng = Rng(3);
+    for _ in 0..3000 {
+        if let Ok(table) = compile_elf(&mutate(&mut rng, &data), &opts) {
+            check_table(&table, &opts);
+        }
+    }
+}
+
+#[test]
+fn garbage_and_limits() {
+    let mut rng = Rng(4);
+    let opts = CompileOptions::default();
+    for len in [0usize, 1, 4, 7, 8, 64, 4096] {
+        let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let _ = compile_eh_frame(&bytes, &SectionAddrs::default(), &opts);
+        let _ = compile_elf(&bytes, &opts);
+    }
+    // The row cap holds on real input.
+    let (data, addrs) = eh_frame_of("/lib/x86_64-linux-gnu/libc.so.6");
+    let small = CompileOptions { max_rows: 1000 };
+    assert!(matches!(compile_eh_frame(&data, &addrs, &small), Err(Error::TooManyRows { limit: 1000 })));
+    // An executable range that excludes most FDEs drops them instead of failing.
+    let full = compile_eh_frame(&data, &addrs, &opts).unwrap();
+    let code = full.pc_base..full.pc_base + 0x10000;
+    let part = compile_eh_frame(&data, &SectionAddrs { code: Some(code), ..addrs }, &opts).unwrap();
+    assert!(part.stats.fdes_outside_code > 0);
+    assert!(part.rows.len() < full.rows.len() / 4);
+}
