@@ -7,7 +7,10 @@ use std::{
 
 use profiler_common::{RawSample, COMM_LEN, MAX_STACK_DEPTH};
 
-use crate::processes::{BinaryInfo, BinaryKey, Processes, UserFrame};
+use crate::{
+    processes::{BinaryInfo, BinaryKey, Processes, UserFrame},
+    trace_context::{self, LabelFilter, Labels},
+};
 
 #[derive(PartialEq, Eq, Hash)]
 struct StackKey {
@@ -16,6 +19,8 @@ struct StackKey {
     comm: [u8; COMM_LEN],
     user: Box<[u64]>,
     kernel: Box<[u64]>,
+    /// Samples that differ only in trace context stay apart.
+    context: Box<[u8]>,
 }
 
 /// One distinct (process, thread, stacks) with its sample count.
@@ -28,6 +33,8 @@ pub struct StackCount {
     pub user: Vec<UserFrame>,
     /// Innermost first, raw kernel addresses.
     pub kernel: Vec<u64>,
+    /// Trace context and other labels, sorted by key.
+    pub labels: Labels,
     pub count: u64,
 }
 
@@ -42,6 +49,7 @@ pub struct Interval {
 }
 
 pub struct Aggregator {
+    filter: LabelFilter,
     stacks: HashMap<StackKey, StackCount>,
     start: SystemTime,
     samples: u64,
@@ -54,12 +62,8 @@ pub fn comm_str(comm: &[u8]) -> String {
 }
 
 impl Aggregator {
-    pub fn new() -> Self {
-        Aggregator { stacks: HashMap::new(), start: SystemTime::now(), samples: 0 }
-    }
-
-    pub fn samples(&self) -> u64 {
-        self.samples
+    pub fn new(filter: LabelFilter) -> Self {
+        Aggregator { filter, stacks: HashMap::new(), start: SystemTime::now(), samples: 0 }
     }
 
     /// Adds one sample. A new stack is normalized now, while its process is most likely alive.
@@ -73,6 +77,7 @@ impl Aggregator {
             comm: sample.comm,
             user: sample.user_stack[..user_len].into(),
             kernel: sample.kernel_stack[..kernel_len].into(),
+            context: trace_context::context_key(&sample.context),
         };
         if let Some(entry) = self.stacks.get_mut(&key) {
             entry.count += 1;
@@ -85,6 +90,7 @@ impl Aggregator {
             thread_name: Arc::from(comm_str(&sample.comm)),
             user,
             kernel: key.kernel.to_vec(),
+            labels: trace_context::decode(&sample.context, &self.filter),
             count: 1,
         };
         self.stacks.insert(key, entry);

@@ -37,6 +37,15 @@ pub struct Args {
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub drain_interval_ms: u64,
 
+    /// Keep only these Go pprof label keys (repeatable); trace_id and span_id are always
+    /// kept. Default: every label.
+    #[arg(long = "label-allow")]
+    pub label_allow: Vec<String>,
+
+    /// Also copy OTel thread contexts whose W3C sampled flag is clear (skipped by default).
+    #[arg(long)]
+    pub include_unsampled: bool,
+
     /// Testing aid: do not read the ring buffer for this many seconds, to provoke drops.
     #[arg(long, hide = true, default_value_t = 0)]
     pub stall_reader_secs: u64,
@@ -53,6 +62,8 @@ pub struct Config {
     pub ring_buffer_bytes: Option<u64>,
     pub drain_interval: Duration,
     pub stall_reader: Duration,
+    pub label_allow: Vec<String>,
+    pub include_unsampled: bool,
 }
 
 impl From<Args> for Config {
@@ -66,6 +77,8 @@ impl From<Args> for Config {
             ring_buffer_bytes: a.ring_buffer_bytes,
             drain_interval: Duration::from_millis(a.drain_interval_ms),
             stall_reader: Duration::from_secs(a.stall_reader_secs),
+            label_allow: a.label_allow,
+            include_unsampled: a.include_unsampled,
         }
     }
 }

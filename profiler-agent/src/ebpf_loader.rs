@@ -10,7 +10,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use profiler_common::{names, Counter, RawSample, PROGRAM_NAME};
+use profiler_common::{names, ContextConfig, Counter, RawSample, PROGRAM_NAME};
 use tracing::{debug, info, warn};
 
 /// Bytes one record takes in the ring: the sample plus the kernel's 8-byte record header.
@@ -64,17 +64,31 @@ fn raise_memlock() {
 impl LoadedProgram {
     /// Loads the program with the given filter and ring size, and attaches it to every online CPU.
     /// A CPU that fails to attach is logged and counted; only failing on all CPUs is an error.
-    pub fn load_and_attach(frequency: u64, pids: &[u32], ring_request: Option<u64>) -> Result<(Self, RingBuf<MapData>)> {
+    /// Also returns the per-process trace-context map, or None when kernel BTF could not
+    /// give the thread-pointer offset (then no context is read).
+    pub fn load_and_attach(
+        frequency: u64,
+        pids: &[u32],
+        ring_request: Option<u64>,
+    ) -> Result<(Self, RingBuf<MapData>, Option<HashMap<MapData, u32, ContextConfig>>)> {
         raise_memlock();
         let cpus = aya::util::online_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
         let ring_bytes = ring_buffer_bytes(frequency, cpus.len() as u64, ring_request);
         let ring_u32 = u32::try_from(ring_bytes).context("ring buffer size above 4 GiB")?;
         let filter_enabled: u8 = u8::from(!pids.is_empty());
         let wakeup_bytes: u64 = (ring_bytes / 4).max(RECORD_BYTES);
+        let fsbase_offset = match crate::kernel_btf::task_fsbase_offset() {
+            Ok(off) => off,
+            Err(error) => {
+                warn!(error = format!("{error:#}"), "no task_struct.thread.fsbase offset from BTF; trace contexts disabled");
+                0
+            }
+        };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::SAMPLES, ring_u32)
             .override_global(names::FILTER_ENABLED, &filter_enabled, true)
             .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
+            .override_global(names::TASK_FSBASE_OFFSET, &fsbase_offset, true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler")))
             .context("loading the eBPF object")?;
 
@@ -113,8 +127,10 @@ impl LoadedProgram {
         }
         let ring = RingBuf::try_from(ebpf.take_map(names::SAMPLES).context("SAMPLES map missing")?)?;
         let counters = PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).context("COUNTERS map missing")?)?;
+        let contexts = HashMap::try_from(ebpf.take_map(names::CONTEXT_CONFIG).context("CONTEXT_CONFIG map missing")?)?;
+        let contexts = (fsbase_offset != 0).then_some(contexts);
         info!(cpus = attached_cpus.len(), failed = failed_cpus.len(), frequency, ring_bytes, "attached");
-        Ok((LoadedProgram { ebpf, counters, attached_cpus, failed_cpus, ring_bytes }, ring))
+        Ok((LoadedProgram { ebpf, counters, attached_cpus, failed_cpus, ring_bytes }, ring, contexts))
     }
 
     pub fn counters(&self) -> KernelCounters {

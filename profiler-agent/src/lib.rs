@@ -2,7 +2,10 @@
 //! can drive each one alone and decode what the agent writes.
 pub mod aggregate;
 pub mod config;
+pub mod context_sources;
 pub mod ebpf_loader;
+pub mod go_runtime;
+pub mod kernel_btf;
 pub mod output;
 pub mod pprof;
 pub mod proc_maps;
@@ -11,3 +14,4 @@ pub mod profile_build;
 pub mod profile_writer;
 pub mod ring_reader;
 pub mod summary;
+pub mod trace_context;

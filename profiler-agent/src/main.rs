@@ -15,6 +15,8 @@ use tracing::{error, info, warn};
 
 use profiler_agent::{
     aggregate::Aggregator,
+    context_sources::ContextConfigs,
+    trace_context::LabelFilter,
     config::{Args, Config},
     ebpf_loader::{KernelCounters, LoadedProgram},
     processes::Processes,
@@ -60,14 +62,19 @@ fn interval_comments(k: &KernelCounters, delivered: u64, reader: &ReaderStats, p
 }
 
 async fn run(config: Config) -> Result<()> {
-    let (mut program, ring) = LoadedProgram::load_and_attach(config.frequency, &config.pids, config.ring_buffer_bytes)?;
+    let (mut program, ring, context_map) = LoadedProgram::load_and_attach(config.frequency, &config.pids, config.ring_buffer_bytes)?;
+    let mut contexts = context_map.map(|m| ContextConfigs::new(m, "/proc", !config.include_unsampled));
+    if let Some(c) = contexts.as_mut() {
+        c.scan_existing(&config.pids);
+    }
+    info!(output_dir = %config.output_dir.display(), interval_secs = config.profile_interval.as_secs(), "profiling started");
     let writer = ProfileWriter::spawn(config.output_dir.clone(), config.period_ns())?;
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for as long as the
     // AsyncFd that wraps it exists.
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("registering the ring buffer with epoll: {e}"))?;
     let mut processes = Processes::new("/proc");
-    let mut agg = Aggregator::new();
+    let mut agg = Aggregator::new(LabelFilter { allow: config.label_allow.clone() });
     let mut reader = ReaderStats::default();
     let mut last_counters = KernelCounters::default();
     let mut last_delivered = 0u64;
@@ -83,7 +90,12 @@ async fn run(config: Config) -> Result<()> {
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let stall_until = start + config.stall_reader;
 
-    let mut flush_now = |agg: &mut Aggregator, processes: &mut Processes, program: &LoadedProgram, reader: &ReaderStats| -> Result<()> {
+    let mut flush_now = |agg: &mut Aggregator,
+                         processes: &mut Processes,
+                         contexts: &mut Option<ContextConfigs>,
+                         program: &LoadedProgram,
+                         reader: &ReaderStats|
+     -> Result<()> {
         let counters = program.counters();
         let delta = counters.delta_since(&last_counters);
         let delivered = reader.delivered - last_delivered;
@@ -96,10 +108,20 @@ async fn run(config: Config) -> Result<()> {
         }
         let interval = agg.take(processes);
         processes.end_interval();
+        if let Some(c) = contexts.as_mut() {
+            c.sweep_exited();
+        }
         writer.submit(Job { interval, comments, drops })
     };
 
     loop {
+        if let Some(c) = contexts.as_mut() {
+            for pid in processes.take_new_pids() {
+                c.on_new_process(pid);
+            }
+        } else {
+            processes.take_new_pids();
+        }
         tokio::select! {
             guard = ring.readable_mut(), if Instant::now() >= stall_until => {
                 let mut guard = guard?;
@@ -113,7 +135,7 @@ async fn run(config: Config) -> Result<()> {
                 if Instant::now() >= stall_until {
                     ring_reader::drain(ring.get_mut(), &mut agg, &mut processes, &mut reader);
                 }
-                flush_now(&mut agg, &mut processes, &program, &reader)?;
+                flush_now(&mut agg, &mut processes, &mut contexts, &program, &reader)?;
             }
             _ = sigint.recv() => { info!("SIGINT: writing the last profile"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: writing the last profile"); break; }
@@ -126,7 +148,7 @@ async fn run(config: Config) -> Result<()> {
     // Stop sampling first, so that the final counters and the drained ring agree exactly.
     program.detach();
     ring_reader::drain(ring.get_mut(), &mut agg, &mut processes, &mut reader);
-    flush_now(&mut agg, &mut processes, &program, &reader)?;
+    flush_now(&mut agg, &mut processes, &mut contexts, &program, &reader)?;
     writer.finish();
 
     let totals = program.counters();

@@ -59,6 +59,7 @@ pub struct Processes {
     binaries: HashMap<BinaryKey, BinaryInfo>,
     next_key: BinaryKey,
     generation: u64,
+    new_pids: Vec<u32>,
     pub stats: ProcessStats,
 }
 
@@ -72,6 +73,7 @@ impl Processes {
             binaries: HashMap::new(),
             next_key: 1,
             generation: 0,
+            new_pids: Vec::new(),
             stats: ProcessStats::default(),
         }
     }
@@ -84,6 +86,11 @@ impl Processes {
         &self.process(pid).name
     }
 
+    /// Processes seen for the first time since the last call.
+    pub fn take_new_pids(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.new_pids)
+    }
+
     pub fn tracked_processes(&self) -> usize {
         self.procs.len()
     }
@@ -93,6 +100,7 @@ impl Processes {
         if !self.procs.contains_key(&pid) {
             let process = self.read_process(pid);
             self.procs.insert(pid, process);
+            self.new_pids.push(pid);
         }
         let p = self.procs.get_mut(&pid).expect("inserted above");
         p.last_seen = generation;

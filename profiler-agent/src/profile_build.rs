@@ -193,12 +193,17 @@ pub fn build_profile(interval: &Interval, symbols: &mut Symbols, meta: &ProfileM
             locations.push(id);
         }
         let process_name = interval.process_names.get(&s.pid).map(String::as_str).unwrap_or("");
-        let labels = vec![
+        let mut labels = vec![
             b.num_label("pid", i64::from(s.pid)),
             b.num_label("tid", i64::from(s.tid)),
             b.str_label("comm", if process_name.is_empty() { &s.thread_name } else { process_name }),
             b.str_label("thread_name", &s.thread_name),
         ];
+        for (k, v) in &s.labels {
+            if !matches!(&**k, "pid" | "tid" | "comm" | "thread_name") {
+                labels.push(b.str_label(k, v));
+            }
+        }
         let count = s.count as i64;
         b.add_sample(locations, vec![count, count * meta.period_ns], labels);
     }

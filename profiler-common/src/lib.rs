@@ -12,6 +12,8 @@ pub const MAX_STACK_DEPTH: usize = 127;
 pub const COMM_LEN: usize = 16;
 /// Upper bound on pids in the in-kernel filter.
 pub const MAX_FILTER_PIDS: u32 = 1024;
+/// Upper bound on processes with a trace-context source.
+pub const MAX_CONTEXT_PROCESSES: u32 = 16384;
 
 /// One stack sample, written by the eBPF program straight into a ring-buffer entry.
 #[repr(C)]
@@ -36,7 +38,90 @@ pub struct RawSample {
     pub user_stack: [u64; MAX_STACK_DEPTH],
     /// Innermost first.
     pub kernel_stack: [u64; MAX_STACK_DEPTH],
+    /// The trace context and labels the thread ran under, if its process has a source.
+    pub context: RawContext,
 }
+
+/// Labels copied per sample; peers use the same bound.
+pub const MAX_LABELS: usize = 8;
+/// Longest label key kept (longer keys are truncated and counted).
+pub const LABEL_KEY_LEN: usize = 16;
+/// Longest label value kept; a 32-hex trace id fits.
+pub const LABEL_VALUE_LEN: usize = 48;
+
+/// One key/value label as read from the process, truncated to the fixed sizes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RawLabel {
+    pub key_len: u8,
+    pub value_len: u8,
+    pub _pad: [u8; 6],
+    pub key: [u8; LABEL_KEY_LEN],
+    pub value: [u8; LABEL_VALUE_LEN],
+}
+
+/// Where a sample's context came from.
+pub const CONTEXT_SOURCE_NONE: u8 = 0;
+/// Go pprof labels of the running goroutine.
+pub const CONTEXT_SOURCE_GO: u8 = 1;
+/// An OpenTelemetry thread-context record (OTEP 4947) in native TLS.
+pub const CONTEXT_SOURCE_OTEL: u8 = 2;
+
+/// `trace_id` and `span_id` are set.
+pub const CONTEXT_FLAG_IDS: u8 = 1 << 0;
+/// More labels existed than `MAX_LABELS`, or a key or value was cut.
+pub const CONTEXT_FLAG_TRUNCATED: u8 = 1 << 1;
+
+/// The trace context of one sample.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RawContext {
+    /// `CONTEXT_SOURCE_*`; NONE means the rest is meaningless.
+    pub source: u8,
+    /// `CONTEXT_FLAG_*`.
+    pub flags: u8,
+    /// W3C trace flags of an OTel record (bit 0: sampled).
+    pub trace_flags: u8,
+    /// Valid entries in `labels`.
+    pub n_labels: u8,
+    pub _pad: [u8; 4],
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub labels: [RawLabel; MAX_LABELS],
+}
+
+const _: () = assert!(core::mem::size_of::<RawLabel>() == 8 + LABEL_KEY_LEN + LABEL_VALUE_LEN);
+const _: () = assert!(core::mem::size_of::<RawContext>() == 32 + MAX_LABELS * core::mem::size_of::<RawLabel>());
+
+/// Go's `runtime.g.labels` is a `*map[string]string` (Go 1.17 to 1.23).
+pub const GO_LABELS_MAP: u32 = 1;
+/// Go's `runtime.g.labels` points at a sorted `[]struct{key, value string}` (Go 1.24+).
+pub const GO_LABELS_SLICE: u32 = 2;
+
+/// OTel: skip records whose W3C sampled bit is clear.
+pub const CONFIG_FLAG_REQUIRE_SAMPLED: u32 = 1 << 0;
+
+/// How to find the trace context of one process, written by the agent per tgid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContextConfig {
+    /// `CONTEXT_SOURCE_*` as u32.
+    pub source: u32,
+    /// `GO_LABELS_*` for Go.
+    pub go_labels_layout: u32,
+    /// Offset from the thread pointer (fsbase): Go's `g` slot, or the OTel TLS variable.
+    pub tls_offset: i64,
+    /// Go: offsetof(runtime.g, m).
+    pub go_g_m: u32,
+    /// Go: offsetof(runtime.m, curg).
+    pub go_m_curg: u32,
+    /// Go: offsetof(runtime.g, labels).
+    pub go_g_labels: u32,
+    /// `CONFIG_FLAG_*`.
+    pub flags: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ContextConfig>() == 32);
 
 /// The user stack could not be collected (`bpf_get_stack` failed).
 pub const SAMPLE_FLAG_USER_STACK_ERROR: u32 = 1 << 0;
@@ -47,7 +132,9 @@ pub const SAMPLE_FLAG_USER_STACK_TRUNCATED: u32 = 1 << 2;
 /// The kernel stack filled all `MAX_STACK_DEPTH` slots and may be truncated.
 pub const SAMPLE_FLAG_KERNEL_STACK_TRUNCATED: u32 = 1 << 3;
 
-const _: () = assert!(core::mem::size_of::<RawSample>() == 48 + 2 * 8 * MAX_STACK_DEPTH);
+const _: () = assert!(
+    core::mem::size_of::<RawSample>() == 48 + 2 * 8 * MAX_STACK_DEPTH + core::mem::size_of::<RawContext>()
+);
 const _: () = assert!(core::mem::align_of::<RawSample>() == 8);
 
 /// Per-CPU counters kept by the eBPF program, indexed by `Counter as u32`.
@@ -66,10 +153,20 @@ pub enum Counter {
     IdleSkipped = 4,
     /// Perf events discarded by the pid filter.
     FilteredOut = 5,
+    /// A pointer on the way to a trace context could not be read.
+    ContextReadError = 6,
+    /// An OTel record was mid-update (`valid != 1`).
+    ContextInvalid = 7,
+    /// An OTel record was not sampled and so not copied.
+    ContextUnsampled = 8,
+    /// Labels were cut to `MAX_LABELS` or to the key/value size.
+    LabelsTruncated = 9,
+    /// Samples that carry a trace context or labels.
+    ContextCaptured = 10,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 11;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::SamplesTaken,
         Counter::RingBufferFull,
@@ -77,6 +174,11 @@ impl Counter {
         Counter::KernelStackError,
         Counter::IdleSkipped,
         Counter::FilteredOut,
+        Counter::ContextReadError,
+        Counter::ContextInvalid,
+        Counter::ContextUnsampled,
+        Counter::LabelsTruncated,
+        Counter::ContextCaptured,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -87,6 +189,11 @@ impl Counter {
             Counter::KernelStackError => "kernel_stack_error",
             Counter::IdleSkipped => "idle_skipped",
             Counter::FilteredOut => "filtered_out",
+            Counter::ContextReadError => "context_read_error",
+            Counter::ContextInvalid => "context_invalid",
+            Counter::ContextUnsampled => "context_unsampled",
+            Counter::LabelsTruncated => "labels_truncated",
+            Counter::ContextCaptured => "context_captured",
         }
     }
 }
@@ -102,6 +209,10 @@ pub mod names {
     pub const FILTER_ENABLED: &str = "FILTER_ENABLED";
     /// `.rodata` global (u64): unread ring-buffer bytes at which the reader is woken.
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    /// Per-process trace-context configuration, keyed by tgid.
+    pub const CONTEXT_CONFIG: &str = "CONTEXT_CONFIG";
+    /// `.rodata` global (u64): offsetof(task_struct, thread.fsbase), from kernel BTF.
+    pub const TASK_FSBASE_OFFSET: &str = "TASK_FSBASE_OFFSET";
 }
 
 #[cfg(feature = "user")]
@@ -109,4 +220,6 @@ mod user {
     // SAFETY: RawSample is repr(C), made only of integers and integer arrays, with no padding
     // (checked by the size assertion), so every bit pattern is valid.
     unsafe impl aya::Pod for super::RawSample {}
+    // SAFETY: repr(C), integer fields only, no padding (size asserted).
+    unsafe impl aya::Pod for super::ContextConfig {}
 }

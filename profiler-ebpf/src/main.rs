@@ -3,6 +3,8 @@
 #![no_std]
 #![no_main]
 
+mod context;
+
 use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
@@ -14,7 +16,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use profiler_common::{
-    Counter, RawSample, COMM_LEN, MAX_FILTER_PIDS, MAX_STACK_DEPTH, SAMPLE_FLAG_KERNEL_STACK_ERROR,
+    ContextConfig, Counter, RawSample, COMM_LEN, MAX_CONTEXT_PROCESSES, MAX_FILTER_PIDS, MAX_STACK_DEPTH, SAMPLE_FLAG_KERNEL_STACK_ERROR,
     SAMPLE_FLAG_KERNEL_STACK_TRUNCATED, SAMPLE_FLAG_USER_STACK_ERROR, SAMPLE_FLAG_USER_STACK_TRUNCATED,
 };
 
@@ -28,6 +30,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 /// Processes (tgids) to sample when `FILTER_ENABLED` is set.
 #[map]
 static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_PIDS, 0);
+
+/// How to read the trace context of each process that has one, keyed by tgid.
+#[map]
+static CONTEXT_CONFIG: HashMap<u32, ContextConfig> = HashMap::with_max_entries(MAX_CONTEXT_PROCESSES, 0);
 
 /// Set by the agent before load; frozen, so the verifier prunes the filter when it is off.
 #[no_mangle]
@@ -46,7 +52,7 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 const STACK_BYTES: u32 = (MAX_STACK_DEPTH * size_of::<u64>()) as u32;
 
 #[inline(always)]
-fn count(counter: Counter) {
+pub(crate) fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: the pointer comes from a per-CPU array slot, which only this CPU touches while
         // the program runs (perf_event programs do not nest on one CPU).
@@ -131,6 +137,13 @@ fn sample(ctx: &PerfEventContext) {
             flags |= SAMPLE_FLAG_KERNEL_STACK_TRUNCATED;
         }
         (*out).flags = flags;
+
+        // A process without a context source pays for this one lookup only.
+        let ctx = &mut *core::ptr::addr_of_mut!((*out).context);
+        match CONTEXT_CONFIG.get(&pid) {
+            Some(cfg) => context::capture(cfg, ctx),
+            None => ctx.source = 0,
+        }
     }
     // SAFETY: a volatile read of a frozen .rodata global.
     let wakeup_bytes = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };

