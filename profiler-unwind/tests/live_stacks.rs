@@ -16,8 +16,10 @@ const OMIT_FP: &[&str] = &["-O2", "-g", "-fomit-frame-pointer"];
 const FP_NO_CFI: &[&str] =
     &["-O2", "-fno-omit-frame-pointer", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables"];
 
-/// The fixture's own functions, innermost first.
-const CHAIN: [&str; 5] = ["compare", "leaf", "middle", "outer", "main"];
+/// The C fixture's own functions, innermost first.
+const C_CHAIN: &[&str] = &["compare", "leaf", "middle", "outer", "main"];
+/// The Rust fixture's, as `nm --demangle` names them.
+const RUST_CHAIN: &[&str] = &["chain::compare", "chain::leaf", "chain::middle", "chain::outer", "chain::main"];
 
 struct Running(Child);
 
@@ -53,38 +55,40 @@ fn sample(exe: &std::path::Path, samples: usize) -> Vec<Stack> {
 
 /// Every stack ends normally, in `main` and libc's start code, and the fixture's frames in it
 /// are an unbroken suffix of `compare -> leaf -> middle -> outer -> main`.
-fn check(stacks: &[Stack], fp_frames: u32) {
-    let mut through_libc = 0;
+fn check(stacks: &[Stack], chain: &[&str], fp_frames: u32) {
+    let mut through_lib = 0;
+    let (leaf, main) = (chain[1], chain[chain.len() - 1]);
     for stack in stacks {
         let ctx = || format!("{:?} {:x?} {:?}", stack.names, stack.frames, stack.outcome);
         assert_eq!(stack.outcome.stop, StopReason::EndOfStack, "{}", ctx());
         assert_eq!(stack.outcome.fp_frames, fp_frames, "{}", ctx());
         let ours: Vec<&str> =
-            stack.names.iter().map(String::as_str).filter(|n| CHAIN.contains(n)).collect();
+            stack.names.iter().map(String::as_str).filter(|n| chain.contains(n)).collect();
         assert!(!ours.is_empty(), "{}", ctx());
-        let suffix = &CHAIN[CHAIN.len() - ours.len()..];
+        let suffix = &chain[chain.len() - ours.len()..];
         assert_eq!(ours, suffix, "{}", ctx());
-        let main_at = stack.names.iter().position(|n| n == "main").unwrap();
+        let main_at = stack.names.iter().position(|n| n == main).unwrap();
         assert!(
             stack.names[main_at + 1..].iter().any(|n| n.contains("libc_start")),
             "libc start code below main: {}",
             ctx()
         );
-        // Sampled inside qsort or the comparator: libc frames sit between compare/qsort and leaf.
-        let leaf_at = stack.names.iter().position(|n| n == "leaf");
-        if leaf_at.is_some_and(|i| i > 0 && stack.names[..i].iter().any(|n| !CHAIN.contains(&n.as_str()))) {
-            through_libc += 1;
+        // Sampled inside the sort or the comparator: library frames (libc's qsort, std's
+        // sort) sit between them and leaf.
+        let leaf_at = stack.names.iter().position(|n| n == leaf);
+        if leaf_at.is_some_and(|i| i > 0 && stack.names[..i].iter().any(|n| !chain.contains(&n.as_str()))) {
+            through_lib += 1;
         }
     }
-    // The comparator and qsort take nearly all the time.
-    assert!(through_libc * 2 >= stacks.len(), "{through_libc} of {} stacks crossed libc", stacks.len());
-    eprintln!("{} stacks ok, {through_libc} through qsort; e.g. {:?}", stacks.len(), stacks[0].names);
+    // The comparator and the sort take nearly all the time.
+    assert!(through_lib * 2 >= stacks.len(), "{through_lib} of {} stacks crossed the sort", stacks.len());
+    eprintln!("{} stacks ok, {through_lib} through the sort; e.g. {:?}", stacks.len(), stacks[0].names);
 }
 
 #[test]
 fn c_without_frame_pointers() {
     let exe = fixture::build("chain-nofp", &[("chain_main.c", OMIT_FP), ("chain_middle.c", OMIT_FP)]);
-    check(&sample(&exe, 40), 0);
+    check(&sample(&exe, 40), C_CHAIN, 0);
 }
 
 #[test]
@@ -92,5 +96,12 @@ fn c_mixed_tables_and_frame_pointers() {
     // `middle` has no CFI; leaf and outer have CFI but no frame pointers.
     let exe = fixture::build("chain-mixed", &[("chain_main.c", OMIT_FP), ("chain_middle.c", FP_NO_CFI)]);
     // Exactly one frame, middle's, comes from the rbp chain.
-    check(&sample(&exe, 40), 1);
+    check(&sample(&exe, 40), C_CHAIN, 1);
+}
+
+#[test]
+fn rust_without_frame_pointers() {
+    let flags = ["-C", "opt-level=2", "-C", "force-frame-pointers=no"];
+    let exe = fixture::build_rust("chain-rust", "chain.rs", &flags);
+    check(&sample(&exe, 40), RUST_CHAIN, 0);
 }

@@ -30,3 +30,13 @@ fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Compiles a single-file Rust program with rustc (the one cargo uses).
+pub fn build_rust(name: &str, source: &str, flags: &[&str]) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("unwind-fixtures").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join(name);
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    run(Command::new(rustc).args(flags).arg(Path::new(FIXTURES).join(source)).arg("-o").arg(&exe));
+    exe
+}

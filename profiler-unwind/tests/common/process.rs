@@ -48,7 +48,7 @@ fn nm_symbols(path: &str) -> Vec<(u64, String)> {
     let mut symbols = Vec::new();
     for dynamic in [false, true] {
         let mut cmd = Command::new("nm");
-        cmd.arg("--defined-only");
+        cmd.args(["--defined-only", "--demangle"]);
         if dynamic {
             cmd.arg("-D");
         }
