@@ -106,6 +106,9 @@ impl ContextConfigs {
     }
 
     pub fn on_new_process(&mut self, pid: u32) {
+        if self.configured.contains(&pid) {
+            return;
+        }
         let exe = self.proc_root.join(pid.to_string()).join("exe");
         let Ok(meta) = std::fs::metadata(&exe) else { return }; // kernel thread or gone
         let key = (meta.dev(), meta.ino());

@@ -152,16 +152,18 @@ async fn run(config: Config) -> Result<()> {
     writer.finish();
 
     let totals = program.counters();
+    let kernel: Vec<String> = Counter::ALL.iter().map(|&c| format!("{}={}", c.name(), totals.get(c))).collect();
+    let (go, otel, unknown_go) = contexts
+        .as_ref()
+        .map(|c| (c.stats.go_processes, c.stats.otel_processes, c.stats.unknown_go_versions))
+        .unwrap_or_default();
     info!(
-        samples_taken = totals.get(Counter::SamplesTaken),
-        delivered = reader.delivered,
-        ring_buffer_full = totals.get(Counter::RingBufferFull),
-        user_stack_error = totals.get(Counter::UserStackError),
-        kernel_stack_error = totals.get(Counter::KernelStackError),
-        malformed_records = reader.malformed,
-        maps_unreadable = processes.stats.maps_unreadable,
-        binary_open_failed = processes.stats.binary_open_failed,
-        "totals"
+        "totals {} delivered={} malformed_records={} maps_unreadable={} binary_open_failed={} go_processes={go} otel_processes={otel} unknown_go_versions={unknown_go}",
+        kernel.join(" "),
+        reader.delivered,
+        reader.malformed,
+        processes.stats.maps_unreadable,
+        processes.stats.binary_open_failed,
     );
     if let Some((run_time, runs)) = run_stats {
         if runs > 0 {

@@ -141,3 +141,65 @@ fn native_otel_thread_context() {
         assert!(!rows.iter().any(|r| r.ends_with(&format!(" {not}"))), "{not} leaked into {focus}:\n{text}");
     }
 }
+
+#[test]
+fn hostile_otel_records_give_counted_misses_never_wrong_labels() {
+    require_root();
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_c(dir.path(), "otel_faults", &["-O1", "-fno-omit-frame-pointer", "-pthread"]);
+    let out = dir.path().join("profiles");
+    let mut fixture = Gated::start(&exe, &["3"]);
+    let pid = fixture.pid().to_string();
+    let agent = Agent::start(&out, &["--pid", &pid, "--frequency", "99", "--profile-interval", "60"]);
+    fixture.go();
+    fixture.finish();
+    let t = totals(&agent.stop());
+    assert!(t["context_read_error"] > 0, "bad pointer not counted: {t:?}");
+    assert!(t["context_invalid"] > 0, "invalid record not counted: {t:?}");
+    let samples: Vec<FlatSample> = read_profiles(&out).iter().flat_map(|(_, p)| flatten(p)).collect();
+    let uniform = ["11".repeat(16), "22".repeat(16)];
+    let mut churn = 0;
+    for s in &samples {
+        if let Some(trace) = label(s, "trace_id") {
+            assert!(uniform.contains(&trace.to_string()), "torn or bogus trace id {trace}");
+            let span = label(s, "span_id").unwrap();
+            assert_eq!(&trace[..16], span, "trace and span from different writes");
+            churn += s.count;
+        }
+    }
+    assert!(churn > 0, "the churning record was never captured");
+}
+
+/// A Go release the agent does not know: logged once, and its samples carry no labels.
+#[test]
+fn unknown_go_version_gives_no_labels_and_a_warning() {
+    require_root();
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_go("1.27.3", "labels", dir.path(), &[]);
+    let mut bytes = std::fs::read(&exe).unwrap();
+    let hits: Vec<usize> = bytes.windows(8).enumerate().filter(|(_, w)| *w == b"go1.27.3").map(|(i, _)| i).collect();
+    assert!(!hits.is_empty(), "version string in buildinfo");
+    for at in hits {
+        bytes[at..at + 8].copy_from_slice(b"go1.99.3");
+    }
+    let patched = dir.path().join("future-go");
+    std::fs::write(&patched, &bytes).unwrap();
+    Command::new("chmod").arg("755").arg(&patched).status().unwrap();
+
+    let out = dir.path().join("profiles");
+    let mut fixture = Gated::start(&patched, &["2", TRACE_A, "aaaaaaaaaaaaaaaa", TRACE_B, "bbbbbbbbbbbbbbbb"]);
+    let pid = fixture.pid().to_string();
+    let agent = Agent::start(&out, &["--pid", &pid, "--frequency", "99", "--profile-interval", "60"]);
+    fixture.go();
+    fixture.finish();
+    let log = agent.stop();
+    let warnings = log.iter().filter(|l| l.contains("Go version outside the label-offset table")).count();
+    assert_eq!(warnings, 1, "expected one warning: {log:?}");
+    assert!(log.iter().any(|l| l.contains("go1.99.3")));
+    assert_eq!(totals(&log)["unknown_go_versions"], 1);
+    let samples: Vec<FlatSample> = read_profiles(&out).iter().flat_map(|(_, p)| flatten(p)).collect();
+    assert!(!samples.is_empty());
+    assert!(samples.iter().all(|s| label(s, "trace_id").is_none()), "labels from an unknown layout");
+}

@@ -103,11 +103,19 @@ fn otel_record(cfg: &ContextConfig, slot: u64, ctx: &mut RawContext) {
     if record == 0 {
         return; // no active span on this thread
     }
-    let mut status = [0u8; 2];
-    if !read_user(&mut status, record + 24) {
+    // One snapshot of {trace_id, span_id, valid, trace_flags}, read twice: a writer on another
+    // CPU may be mid-update, and a torn copy must never become a label.
+    let mut first = [0u64; 4];
+    let mut second = [0u64; 4];
+    if !read_user(&mut first, record) || !read_user(&mut second, record) {
         count(Counter::ContextReadError);
         return;
     }
+    if first != second {
+        count(Counter::ContextInvalid);
+        return;
+    }
+    let status = first[3].to_le_bytes();
     if status[0] != 1 {
         count(Counter::ContextInvalid);
         return;
@@ -116,10 +124,9 @@ fn otel_record(cfg: &ContextConfig, slot: u64, ctx: &mut RawContext) {
         count(Counter::ContextUnsampled);
         return;
     }
-    if !read_user(&mut ctx.trace_id, record) || !read_user(&mut ctx.span_id, record + 16) {
-        count(Counter::ContextReadError);
-        return;
-    }
+    ctx.trace_id[..8].copy_from_slice(&first[0].to_le_bytes());
+    ctx.trace_id[8..].copy_from_slice(&first[1].to_le_bytes());
+    ctx.span_id = first[2].to_le_bytes();
     ctx.trace_flags = status[1];
     ctx.flags = CONTEXT_FLAG_IDS;
     ctx.source = CONTEXT_SOURCE_OTEL;
