@@ -84,6 +84,12 @@ pub struct Stack {
 }
 
 impl Binaries {
+    /// The function containing `vaddr` in the binary at `path` (loaded on first use).
+    pub fn name_at(&mut self, path: &str, vaddr: u64) -> String {
+        let bin = self.by_path.entry(path.to_owned()).or_insert_with(|| Binary::load(path));
+        bin.symbol(vaddr).unwrap_or("??").to_owned()
+    }
+
     fn locate<'a>(&'a self, maps: &'a [Mapping], pc: u64) -> Option<(&'a Binary, u64)> {
         let m = maps.iter().find(|m| m.executable && m.start <= pc && pc < m.end)?;
         let bin = self.by_path.get(m.path.as_ref()?)?;
