@@ -74,23 +74,24 @@ impl Parsed {
                 return go.lookup(addr, inlines);
             }
         }
-        let sym = self.elf.lookup(addr).map(|s| demangle(&s.name));
+        // Demangling costs more than the lookup itself: only when DWARF has no name.
+        let sym = || self.elf.lookup(addr).map(|s| demangle(&s.name));
         if let Some(dwarf) = &self.dwarf {
             let mut frames = dwarf.frames(addr, inlines).unwrap_or_default();
             if !frames.is_empty() {
                 // DIEs without a name (and line rows outside any subprogram) take the symbol
                 // table's; with neither, the address is padding between functions.
                 for f in frames.iter_mut().filter(|f| f.function.is_empty()) {
-                    f.function = sym.clone()?;
+                    f.function = sym()?;
                 }
                 return Ok(frames);
             }
             // No subprogram covers it (e.g. hand-written assembly): symbol plus line row.
-            let function = sym?;
+            let function = sym()?;
             let (file, line) = dwarf.location(addr).unwrap_or((None, None));
             return Ok(vec![Frame { function, file, line, inlined: false }]);
         }
-        Ok(vec![Frame { function: sym?, file: None, line: None, inlined: false }])
+        Ok(vec![Frame { function: sym()?, file: None, line: None, inlined: false }])
     }
 }
 

@@ -16,7 +16,9 @@ pub(crate) use sections::Reader;
 
 /// One binary's DWARF, parsed once. Holds the file (or its separate debug file) alive.
 pub struct DwarfContext {
+    /// Borrows from `_buffers`: declared first so that it is dropped first.
     ctx: addr2line::Context<Reader>,
+    _buffers: sections::Buffers,
     /// The file the DWARF came from (the binary itself or a separate debug file).
     source: Option<PathBuf>,
 }
@@ -44,9 +46,9 @@ impl DwarfContext {
     /// Parses the DWARF sections of `source`; `None` if they are unusable.
     /// The readers share the file's bytes, so `source` need not outlive the context.
     pub fn from_binary(source: &Binary) -> Option<DwarfContext> {
-        let dwarf = sections::load_dwarf(source).ok()?;
+        let (dwarf, buffers) = sections::load_dwarf(source).ok()?;
         let ctx = addr2line::Context::from_dwarf(dwarf).ok()?;
-        Some(DwarfContext { ctx, source: source.path().map(PathBuf::from) })
+        Some(DwarfContext { ctx, _buffers: buffers, source: source.path().map(PathBuf::from) })
     }
 
     /// The file the DWARF was read from.

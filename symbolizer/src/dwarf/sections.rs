@@ -1,7 +1,10 @@
-//! Loading DWARF sections into a `gimli` reader that shares the mapped file (no copy) or owns
-//! the decompressed bytes (zlib or zstd, `SHF_COMPRESSED` or `.zdebug_*`).
+//! Loading DWARF sections as plain slices: windows into the mapped file (no copy), or owned
+//! decompressed buffers (zlib or zstd, `SHF_COMPRESSED` or `.zdebug_*`).
+//!
+//! The slices are `'static` to gimli, which is only sound because [`Buffers`] keeps what they
+//! point into alive and unmoved for as long as the reader exists (see `DwarfContext`).
+//! Slices (not `Arc`-counted readers) make every gimli read a pointer bump, no refcounting.
 
-use std::ops::Deref;
 use std::sync::Arc;
 
 use object::{CompressionFormat, Object, ObjectSection};
@@ -9,70 +12,76 @@ use object::{CompressionFormat, Object, ObjectSection};
 use crate::binary::Bytes;
 use crate::{Binary, Error};
 
-pub(crate) type Reader = gimli::EndianReader<gimli::RunTimeEndian, SectionBytes>;
+pub(crate) type Reader = gimli::EndianSlice<'static, gimli::RunTimeEndian>;
 
-/// Section bytes: a window into the shared file, or an owned decompressed buffer.
-#[derive(Debug, Clone)]
-pub(crate) enum SectionBytes {
-    File { file: Arc<Bytes>, start: usize, end: usize },
-    Owned(Arc<[u8]>),
+/// The storage behind a [`Reader`]'s slices.
+pub(crate) struct Buffers {
+    _file: Arc<Bytes>,
+    _decompressed: Vec<Box<[u8]>>,
 }
-
-impl Deref for SectionBytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            // The range was checked when the value was made; `get` keeps this panic-free anyway.
-            SectionBytes::File { file, start, end } => file.get(*start..*end).unwrap_or(&[]),
-            SectionBytes::Owned(b) => b,
-        }
-    }
-}
-
-// SAFETY: the bytes behind both variants live in an `Arc` whose contents never move or change
-// while any clone exists (a mapping or a boxed slice), so the slice address is stable across
-// moves and clones of `SectionBytes`.
-unsafe impl stable_deref_trait::StableDeref for SectionBytes {}
-// SAFETY: cloning clones the `Arc`, which points at the same bytes.
-unsafe impl stable_deref_trait::CloneStableDeref for SectionBytes {}
 
 /// Decompressed sections larger than this ratio to their compressed size are rejected: real
 /// DWARF compresses 3-10x; zlib's maximum is about 1032x.
 const MAX_RATIO: u64 = 1100;
 
-pub(crate) fn load_dwarf(binary: &Binary) -> Result<gimli::Dwarf<Reader>, Error> {
+/// Erases a slice's lifetime.
+///
+/// # Safety
+/// The caller must keep the memory behind `s` alive and unmoved for as long as the returned
+/// slice is used: here, a mapping or heap buffer owned by an `Arc<Bytes>` or a `Box<[u8]>` that
+/// [`Buffers`] holds next to the reader, declared after it so that it is dropped after it.
+unsafe fn extend(s: &[u8]) -> &'static [u8] {
+    // SAFETY: same pointer and length; validity for the extended lifetime is the caller's promise.
+    unsafe { std::slice::from_raw_parts(s.as_ptr(), s.len()) }
+}
+
+pub(crate) fn load_dwarf(binary: &Binary) -> Result<(gimli::Dwarf<Reader>, Buffers), Error> {
     let bytes: &[u8] = binary.bytes();
     let obj = object::File::parse(bytes)?;
     let endian = if obj.is_little_endian() { gimli::RunTimeEndian::Little } else { gimli::RunTimeEndian::Big };
-    let base = bytes.as_ptr() as usize;
-    let load = |id: gimli::SectionId| -> Result<Reader, Error> {
-        let data = match obj.section_by_name(id.name()) {
+    let mut decompressed: Vec<Box<[u8]>> = Vec::new();
+    let mut load = |id: gimli::SectionId| -> Result<Reader, Error> {
+        let data: &'static [u8] = match obj.section_by_name(id.name()) {
             Some(section) if section.kind() != object::SectionKind::UninitializedData => {
-                section_bytes(binary, base, &section)?
+                match section_bytes(&section)? {
+                    Section::File(s) => {
+                        // SAFETY: `s` points into the file's bytes, owned by the `Arc<Bytes>`
+                        // that `Buffers` keeps alive beside the reader; mappings and heap
+                        // buffers never move.
+                        unsafe { extend(s) }
+                    }
+                    Section::Owned(b) => {
+                        // SAFETY: a boxed slice's heap memory does not move when the box is moved
+                        // into `decompressed`, which `Buffers` keeps alive beside the reader.
+                        let s = unsafe { extend(&b) };
+                        decompressed.push(b);
+                        s
+                    }
+                }
             }
-            _ => SectionBytes::Owned(Arc::from(&[][..])),
+            _ => &[],
         };
-        Ok(gimli::EndianReader::new(data, endian))
+        Ok(gimli::EndianSlice::new(data, endian))
     };
-    gimli::Dwarf::load(load)
+    let dwarf = gimli::Dwarf::load(&mut load)?;
+    Ok((dwarf, Buffers { _file: binary.data.clone(), _decompressed: decompressed }))
 }
 
-fn section_bytes(binary: &Binary, base: usize, section: &object::Section<'_, '_>) -> Result<SectionBytes, Error> {
+enum Section<'a> {
+    File(&'a [u8]),
+    Owned(Box<[u8]>),
+}
+
+fn section_bytes<'a>(section: &object::Section<'a, '_>) -> Result<Section<'a>, Error> {
     let compressed = section.compressed_data()?;
     if compressed.format == CompressionFormat::None {
-        let start = (compressed.data.as_ptr() as usize).wrapping_sub(base);
-        let end = start.checked_add(compressed.data.len()).ok_or(Error::Malformed { what: "section range" })?;
-        if end > binary.bytes().len() {
-            return Err(Error::Malformed { what: "section range" });
-        }
-        return Ok(SectionBytes::File { file: binary.data.clone(), start, end });
+        return Ok(Section::File(compressed.data));
     }
     let limit = (compressed.data.len() as u64).saturating_mul(MAX_RATIO).saturating_add(1 << 20);
     if compressed.uncompressed_size > limit {
         return Err(Error::Malformed { what: "compressed section size" });
     }
-    let data = compressed.decompress()?;
-    Ok(SectionBytes::Owned(Arc::from(data.into_owned().into_boxed_slice())))
+    Ok(Section::Owned(compressed.decompress()?.into_owned().into_boxed_slice()))
 }
 
 impl From<gimli::Error> for Error {
