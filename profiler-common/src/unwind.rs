@@ -93,6 +93,46 @@ pub struct UnwindTableInfo {
 const _: () = assert!(core::mem::size_of::<UnwindTableInfo>() == 16);
 const _: () = assert!(core::mem::align_of::<UnwindTableInfo>() == 8);
 
+/// `UnwindMapping::table_id` of code without a table: unwind it with frame pointers.
+pub const NO_TABLE: u32 = u32::MAX;
+
+/// Per-process executable mapping, the value of an LPM trie keyed by [`MappingKey`]: one
+/// mapping is stored as the few aligned address blocks that exactly cover it, so finding the
+/// mapping of a pc is a single map lookup with no loop for the verifier to follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindMapping {
+    /// ELF vaddr = pc - bias (wrapping): mapping start - file offset + p_offset - p_vaddr of
+    /// the PT_LOAD it maps.
+    pub bias: u64,
+    /// Index of the binary's [`UnwindTableInfo`], or [`NO_TABLE`].
+    pub table_id: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<UnwindMapping>() == 16);
+
+/// Data part of the LPM trie key (the trie prepends its own u32 prefix length). Big-endian,
+/// so that prefixes run from the pid's top bit down to the address's low bits; byte arrays,
+/// so there is no padding for the trie to compare.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MappingKey {
+    pub pid: [u8; 4],
+    pub addr: [u8; 8],
+}
+
+impl MappingKey {
+    /// Bits in the key: a full-length prefix matches exactly one (pid, address).
+    pub const BITS: u32 = 96;
+
+    pub const fn new(pid: u32, addr: u64) -> Self {
+        MappingKey { pid: pid.to_be_bytes(), addr: addr.to_be_bytes() }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<MappingKey>() == 12);
+
 /// Unwinding registers of one frame: exactly what a row's rules read and produce.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -161,4 +201,8 @@ mod user {
     unsafe impl aya::Pod for super::UnwindTableInfo {}
     // SAFETY: repr(C), three u64s, no padding (checked above).
     unsafe impl aya::Pod for super::UnwindRegs {}
+    // SAFETY: repr(C), u64 + u32 + explicit u32 padding field = 16 bytes (checked above).
+    unsafe impl aya::Pod for super::UnwindMapping {}
+    // SAFETY: repr(C), byte arrays only (12 bytes, checked above), any bit pattern is valid.
+    unsafe impl aya::Pod for super::MappingKey {}
 }

@@ -14,11 +14,17 @@ pub mod walk;
 
 #[cfg(feature = "std")]
 pub mod compile;
+#[cfg(feature = "std")]
+pub mod mapping;
 
-pub use profiler_common::unwind::{StopReason, UnwindRegs as Regs, UnwindRow, UnwindTableInfo};
-pub use search::{find_row, search_rows, table_pc, MAX_SEARCH_STEPS};
+pub use profiler_common::unwind::{
+    MappingKey, StopReason, UnwindMapping, UnwindRegs as Regs, UnwindRow, UnwindTableInfo, NO_TABLE,
+};
+pub use search::{find_row, lookup_row, search_rows, table_pc, MAX_SEARCH_STEPS};
 pub use step::{fp_step, step};
 pub use walk::{next_frame, next_frame_traced, unwind, Unwound};
 
+#[cfg(feature = "std")]
+pub use mapping::{load_segments, lpm_blocks, mapping_bias, LoadSegment};
 #[cfg(feature = "std")]
 pub use compile::{compile_eh_frame, compile_elf, CompileOptions, CompileStats, CompiledTable, Error, SectionAddrs};

@@ -2,7 +2,7 @@
 //! has a fixed ceiling, the row count comes from data, and rows are fetched through a closure
 //! (a map lookup in the kernel, a slice in userspace).
 
-use profiler_common::unwind::{StopReason, UnwindRow};
+use profiler_common::unwind::{StopReason, UnwindRow, UnwindTableInfo};
 
 /// Enough halvings for any `u32` row count: a range of n rows needs ceil(log2(n + 1)) steps.
 pub const MAX_SEARCH_STEPS: u32 = 32;
@@ -45,6 +45,27 @@ pub fn find_row(rows: &[UnwindRow], pc: u32) -> Option<&UnwindRow> {
     let count = u32::try_from(rows.len()).unwrap_or(u32::MAX);
     let idx = search_rows(count, pc, |i| rows.get(i as usize).map(|r| r.pc)).ok()??;
     rows.get(idx as usize)
+}
+
+/// The row covering ELF address `vaddr` in the table `info` describes, for tables whose rows
+/// sit in one shared array: `row_at(i)` reads the row at absolute index `i` (an array-map
+/// lookup in the kernel). Addresses outside the table give a default, `CFA_NOT_COVERED`, row;
+/// an unreadable row or an inconsistent `info` gives [`StopReason::BadFrame`].
+#[inline(always)]
+pub fn lookup_row(
+    info: &UnwindTableInfo,
+    vaddr: u64,
+    mut row_at: impl FnMut(u32) -> Option<UnwindRow>,
+) -> Result<UnwindRow, StopReason> {
+    let Some(pc) = table_pc(info.pc_base, vaddr) else {
+        return Ok(UnwindRow::default());
+    };
+    let first = info.first_row;
+    let found = search_rows(info.row_count, pc, |i| Some(row_at(first.checked_add(i)?)?.pc))?;
+    match found {
+        Some(i) => row_at(first.checked_add(i).ok_or(StopReason::BadFrame)?).ok_or(StopReason::BadFrame),
+        None => Ok(UnwindRow::default()),
+    }
 }
 
 /// `vaddr` relative to a table's `pc_base`, if it fits a row's 32-bit pc.
@@ -92,6 +113,23 @@ mod tests {
         let got = search_rows(u32::MAX, u32::MAX, |i| Some(i));
         assert_eq!(got, Ok(Some(u32::MAX - 1)));
         assert_eq!(search_rows(10, 3, |_| None), Err(StopReason::BadFrame));
+    }
+
+    #[test]
+    fn lookup_in_shared_array() {
+        // Two tables in one array; the second starts at index 3.
+        let all = rows(&[0, 5, 9, 0, 0x10, 0x20]);
+        let info = UnwindTableInfo { pc_base: 0x40_0000, first_row: 3, row_count: 3 };
+        let at = |i: u32| all.get(i as usize).copied();
+        assert_eq!(lookup_row(&info, 0x40_0018, at).unwrap().pc, 0x10);
+        assert_eq!(lookup_row(&info, 0x40_0000, at).unwrap().pc, 0);
+        assert_eq!(lookup_row(&info, 0x3f_ffff, at), Ok(UnwindRow::default()));
+        assert_eq!(lookup_row(&info, 0x40_0000 + (1 << 33), at), Ok(UnwindRow::default()));
+        // A count running past the array's end.
+        let bad = UnwindTableInfo { row_count: 100, ..info };
+        assert_eq!(lookup_row(&bad, 0x40_0018, at), Err(StopReason::BadFrame));
+        let bad = UnwindTableInfo { first_row: u32::MAX, ..info };
+        assert_eq!(lookup_row(&bad, 0x40_0018, at), Err(StopReason::BadFrame));
     }
 
     #[test]

@@ -1,9 +1,14 @@
-//! Unwinds a capture offline: tables per mapped binary, as the agent would load them, and
-//! symbol names from `nm` for the assertions.
+//! Unwinds a capture offline along the kernel's data path: every binary's rows in one shared
+//! array with an `UnwindTableInfo` per binary, the process's mappings in an (emulated) LPM
+//! trie of `MappingKey -> UnwindMapping`, and rows found with `lookup_row`. Symbol names for
+//! the assertions come from `nm`.
 
 use super::capture::{Capture, Mapping};
 use object::{Object, ObjectSegment};
-use profiler_unwind::{compile_elf, unwind, CompileOptions, CompiledTable, StopReason, UnwindRow, Unwound};
+use profiler_unwind::{
+    compile_elf, load_segments, lookup_row, lpm_blocks, mapping_bias, unwind, LoadSegment, CompileOptions, CompiledTable, MappingKey,
+    StopReason, UnwindMapping, UnwindRow, UnwindTableInfo, Unwound, NO_TABLE,
+};
 use std::collections::HashMap;
 use std::process::Command;
 
@@ -12,6 +17,7 @@ pub struct Binary {
     pub table: Option<CompiledTable>,
     /// (p_offset, p_filesz, p_vaddr) of each PT_LOAD.
     segments: Vec<(u64, u64, u64)>,
+    load_segments: Vec<LoadSegment>,
     /// (vaddr, name), sorted.
     symbols: Vec<(u64, String)>,
 }
@@ -28,7 +34,8 @@ impl Binary {
                 (off, size, s.address())
             })
             .collect();
-        Binary { table, segments, symbols: nm_symbols(path) }
+        let load_segments = load_segments(&data).unwrap();
+        Binary { table, segments, load_segments, symbols: nm_symbols(path) }
     }
 
     fn file_offset_to_vaddr(&self, off: u64) -> Option<u64> {
@@ -69,10 +76,29 @@ fn nm_symbols(path: &str) -> Vec<(u64, String)> {
     symbols
 }
 
-/// Binaries by path, loaded once and shared by every capture.
+/// Binaries by path, loaded once and shared by every capture, and the kernel-side maps.
 #[derive(Default)]
 pub struct Binaries {
     by_path: HashMap<String, Binary>,
+    /// Table id per path (an index into `infos`).
+    table_ids: HashMap<String, u32>,
+    /// All rows of all tables: the shared row array map.
+    rows: Vec<UnwindRow>,
+    infos: Vec<UnwindTableInfo>,
+}
+
+/// An LPM trie of one process's mappings: (prefix length, key) -> value.
+#[derive(Default)]
+struct Trie(HashMap<(u32, MappingKey), UnwindMapping>);
+
+impl Trie {
+    fn longest_match(&self, pid: u32, addr: u64) -> Option<UnwindMapping> {
+        (32..=MappingKey::BITS).rev().find_map(|prefix| {
+            let addr_bits = prefix - 32;
+            let mask = if addr_bits == 0 { 0 } else { u64::MAX << (64 - addr_bits) };
+            self.0.get(&(prefix, MappingKey::new(pid, addr & mask))).copied()
+        })
+    }
 }
 
 /// A stack walked from a capture, with a name per frame.
@@ -96,22 +122,57 @@ impl Binaries {
         Some((bin, bin.file_offset_to_vaddr(pc - m.start + m.offset)?))
     }
 
-    /// The row for an absolute pc, or `None` where there is no table (frame-pointer fallback).
-    fn lookup(&self, maps: &[Mapping], pc: u64) -> Option<UnwindRow> {
-        let (bin, vaddr) = self.locate(maps, pc)?;
-        Some(bin.table.as_ref()?.lookup(vaddr))
+    /// Loads `path` once, appending its rows to the shared array.
+    fn table_id(&mut self, path: &str) -> u32 {
+        if let Some(id) = self.table_ids.get(path) {
+            return *id;
+        }
+        let bin = self.by_path.entry(path.to_owned()).or_insert_with(|| Binary::load(path));
+        let id = match &bin.table {
+            Some(table) => {
+                let info = table.info(self.rows.len() as u32);
+                self.rows.extend_from_slice(&table.rows);
+                self.infos.push(info);
+                self.infos.len() as u32 - 1
+            }
+            None => NO_TABLE,
+        };
+        self.table_ids.insert(path.to_owned(), id);
+        id
+    }
+
+    /// What the agent would put in the LPM trie for this process.
+    fn trie(&mut self, pid: u32, maps: &[Mapping]) -> Trie {
+        let mut trie = Trie::default();
+        for m in maps.iter().filter(|m| m.executable) {
+            let Some(path) = &m.path else { continue };
+            let table_id = self.table_id(path);
+            let bin = &self.by_path[path];
+            let Some(bias) = mapping_bias(m.start, m.end - m.start, m.offset, &bin.load_segments) else {
+                continue;
+            };
+            let value = UnwindMapping { bias, table_id, _pad: 0 };
+            for (key, prefix) in lpm_blocks(pid, m.start, m.end) {
+                trie.0.insert((prefix, key), value);
+            }
+        }
+        trie
+    }
+
+    /// The kernel's per-frame lookup: mapping, then table info, then binary search.
+    fn lookup(&self, trie: &Trie, pid: u32, pc: u64) -> Result<Option<UnwindRow>, StopReason> {
+        let Some(mapping) = trie.longest_match(pid, pc) else { return Ok(None) };
+        let Some(info) = self.infos.get(mapping.table_id as usize) else { return Ok(None) };
+        lookup_row(info, pc.wrapping_sub(mapping.bias), |i| self.rows.get(i as usize).copied()).map(Some)
     }
 
     pub fn unwind(&mut self, cap: &Capture) -> Stack {
-        for m in cap.maps.iter().filter(|m| m.executable) {
-            if let Some(path) = &m.path {
-                self.by_path.entry(path.clone()).or_insert_with(|| Binary::load(path));
-            }
-        }
+        const PID: u32 = 4242;
+        let trie = self.trie(PID, &cap.maps);
         let mut frames = [0u64; 128];
         let outcome = unwind(
             cap.regs,
-            |pc| Ok::<_, StopReason>(self.lookup(&cap.maps, pc)),
+            |pc| self.lookup(&trie, PID, pc),
             |addr| cap.read_u64(addr),
             127,
             &mut frames,
