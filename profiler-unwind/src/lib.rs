@@ -16,6 +16,8 @@ pub mod walk;
 pub mod compile;
 #[cfg(feature = "std")]
 pub mod mapping;
+#[cfg(feature = "std")]
+pub mod store;
 
 pub use profiler_common::unwind::{
     MappingKey, StopReason, UnwindMapping, UnwindRegs as Regs, UnwindRow, UnwindTableInfo, NO_TABLE,
@@ -24,6 +26,8 @@ pub use search::{find_row, lookup_row, search_rows, table_pc, MAX_SEARCH_STEPS};
 pub use step::{fp_step, step};
 pub use walk::{next_frame, next_frame_traced, unwind, Unwound};
 
+#[cfg(feature = "std")]
+pub use store::{Placement, StoreError, TableStore};
 #[cfg(feature = "std")]
 pub use mapping::{load_segments, lpm_blocks, mapping_bias, LoadSegment};
 #[cfg(feature = "std")]
