@@ -4,53 +4,19 @@
 
 mod common;
 
-use common::capture::capture;
-use common::fixture;
+use common::capture::sample_process;
+use common::fixture::{self, FP_NO_CFI, OMIT_FP, RUST_NO_FP};
 use common::process::{Binaries, Stack};
 use profiler_unwind::StopReason;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime};
-
-const OMIT_FP: &[&str] = &["-O2", "-g", "-fomit-frame-pointer"];
-/// No CFI at all and frame pointers: the walker must bridge it with the rbp chain.
-const FP_NO_CFI: &[&str] =
-    &["-O2", "-fno-omit-frame-pointer", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables"];
 
 /// The C fixture's own functions, innermost first.
 const C_CHAIN: &[&str] = &["compare", "leaf", "middle", "outer", "main"];
 /// The Rust fixture's, as `nm --demangle` names them.
 const RUST_CHAIN: &[&str] = &["chain::compare", "chain::leaf", "chain::middle", "chain::outer", "chain::main"];
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Small xorshift so sample times differ between runs without a rand dependency.
-fn jitter_ms(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    5 + *state % 25
-}
-
 fn sample(exe: &std::path::Path, samples: usize) -> Vec<Stack> {
-    let child = Running(Command::new(exe).stdout(Stdio::null()).spawn().unwrap());
-    let pid = child.0.id() as i32;
-    std::thread::sleep(Duration::from_millis(50));
-    let mut seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     let mut binaries = Binaries::default();
-    (0..samples)
-        .map(|_| {
-            std::thread::sleep(Duration::from_millis(jitter_ms(&mut seed)));
-            let cap = capture(pid).expect("ptrace capture");
-            binaries.unwind(&cap)
-        })
-        .collect()
+    sample_process(exe, samples).iter().map(|cap| binaries.unwind(cap)).collect()
 }
 
 /// Every stack ends normally, in `main` and libc's start code, and the fixture's frames in it
@@ -101,7 +67,6 @@ fn c_mixed_tables_and_frame_pointers() {
 
 #[test]
 fn rust_without_frame_pointers() {
-    let flags = ["-C", "opt-level=2", "-C", "force-frame-pointers=no"];
-    let exe = fixture::build_rust("chain-rust", "chain.rs", &flags);
+    let exe = fixture::build_rust("chain-rust", "chain.rs", RUST_NO_FP);
     check(&sample(&exe, 40), RUST_CHAIN, 0);
 }

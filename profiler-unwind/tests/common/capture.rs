@@ -94,3 +94,32 @@ pub fn read_maps(pid: i32) -> io::Result<Vec<Mapping>> {
     }
     Ok(maps)
 }
+
+/// Kills the child when dropped, so a failing test leaves nothing running.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `exe` and captures it `samples` times, 5-30 ms apart at random.
+pub fn sample_process(exe: &std::path::Path, samples: usize) -> Vec<Capture> {
+    use std::time::{Duration, SystemTime};
+    let child = Running(std::process::Command::new(exe).stdout(std::process::Stdio::null()).spawn().unwrap());
+    let pid = child.0.id() as i32;
+    std::thread::sleep(Duration::from_millis(50));
+    let mut seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    (0..samples)
+        .map(|_| {
+            // xorshift: sample times differ between runs without a rand dependency.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            std::thread::sleep(Duration::from_millis(5 + seed % 25));
+            capture(pid).expect("ptrace capture")
+        })
+        .collect()
+}

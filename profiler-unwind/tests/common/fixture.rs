@@ -3,6 +3,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// C without frame pointers (gcc's -O2 default, spelled out).
+pub const OMIT_FP: &[&str] = &["-O2", "-g", "-fomit-frame-pointer"];
+/// No CFI at all, but frame pointers: the walker must bridge such code with the rbp chain.
+pub const FP_NO_CFI: &[&str] =
+    &["-O2", "-fno-omit-frame-pointer", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables"];
+/// A Rust release build without frame pointers.
+pub const RUST_NO_FP: &[&str] = &["-C", "opt-level=2", "-C", "force-frame-pointers=no"];
+
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 /// Compiles each `(source, flags)` to an object and links them into `name`, in a directory of

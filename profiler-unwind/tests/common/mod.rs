@@ -5,3 +5,4 @@
 pub mod capture;
 pub mod fixture;
 pub mod process;
+pub mod replay;

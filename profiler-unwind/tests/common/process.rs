@@ -9,7 +9,9 @@ use profiler_unwind::{
     compile_elf, load_segments, lookup_row, lpm_blocks, mapping_bias, unwind, LoadSegment, CompileOptions, CompiledTable, MappingKey,
     StopReason, UnwindMapping, UnwindRow, UnwindTableInfo, Unwound, NO_TABLE,
 };
-use std::collections::HashMap;
+use super::replay::Replay;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::Command;
 
 /// One mapped binary: its table (if it has one), PT_LOADs and symbols.
@@ -164,6 +166,72 @@ impl Binaries {
         let Some(mapping) = trie.longest_match(pid, pc) else { return Ok(None) };
         let Some(info) = self.infos.get(mapping.table_id as usize) else { return Ok(None) };
         lookup_row(info, pc.wrapping_sub(mapping.bias), |i| self.rows.get(i as usize).copied()).map(Some)
+    }
+
+    /// The capture reduced to what its unwinding touched: the stack bytes read, the mappings
+    /// and the table rows looked at. Replaying it needs neither the process nor its binaries.
+    pub fn record(&mut self, cap: &Capture, comment: &str) -> Replay {
+        const PID: u32 = 4242;
+        let trie = self.trie(PID, &cap.maps);
+        let stack = self.unwind(cap);
+        let touched_rows = RefCell::new(BTreeSet::new());
+        let used_maps = RefCell::new(BTreeMap::new());
+        let read_end = Cell::new(cap.stack_start);
+        let mut frames = [0u64; 128];
+        unwind(
+            cap.regs,
+            |pc| {
+                let Some(mapping) = trie.longest_match(PID, pc) else { return Ok(None) };
+                let m = cap.maps.iter().find(|m| m.start <= pc && pc < m.end).unwrap();
+                used_maps.borrow_mut().insert(m.start, (m.end, mapping));
+                let Some(info) = self.infos.get(mapping.table_id as usize) else { return Ok(None) };
+                lookup_row(info, pc.wrapping_sub(mapping.bias), |i| {
+                    touched_rows.borrow_mut().insert((mapping.table_id, i));
+                    self.rows.get(i as usize).copied()
+                })
+                .map(Some)
+            },
+            |addr| {
+                read_end.set(read_end.get().max(addr + 8));
+                cap.read_u64(addr)
+            },
+            127,
+            &mut frames,
+        );
+        // Renumber the tables that were used, keeping only the rows touched.
+        let mut infos = Vec::new();
+        let mut rows = Vec::new();
+        let mut new_ids = BTreeMap::new();
+        for (table_id, index) in touched_rows.into_inner() {
+            let id = *new_ids.entry(table_id).or_insert_with(|| {
+                let old = self.infos[table_id as usize];
+                infos.push(UnwindTableInfo { first_row: rows.len() as u32, row_count: 0, ..old });
+                infos.len() as u32 - 1
+            });
+            rows.push(self.rows[index as usize]);
+            infos[id as usize].row_count += 1;
+        }
+        let mappings = used_maps
+            .into_inner()
+            .into_iter()
+            .map(|(start, (end, mut m))| {
+                m.table_id = new_ids.get(&m.table_id).copied().unwrap_or(NO_TABLE);
+                (start, end, m)
+            })
+            .collect();
+        let len = (read_end.get() - cap.stack_start) as usize;
+        Replay {
+            comment: comment.to_owned(),
+            regs: cap.regs,
+            stack_start: cap.stack_start,
+            stack: cap.stack[..len].to_vec(),
+            mappings,
+            infos,
+            rows,
+            frames: stack.frames,
+            names: stack.names,
+            stop: stack.outcome.stop,
+        }
     }
 
     pub fn unwind(&mut self, cap: &Capture) -> Stack {
