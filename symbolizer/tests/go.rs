@@ -27,13 +27,23 @@ fn go_env<'a>(cmd: &'a mut Command, version: &str) -> &'a mut Command {
 }
 
 fn build(version: &str, go: &Path, variant: &str, flags: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/go-inline");
-    let dir = support::fixture_dir(&format!("go-{version}-{variant}"));
-    for f in ["main.go", "helpers.go", "go.mod"] {
-        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    build_from("go-inline", version, go, variant, flags)
+}
+
+fn build_from(fixture: &str, version: &str, go: &Path, variant: &str, flags: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(fixture);
+    let dir = support::fixture_dir(&format!("{fixture}-{version}-{variant}"));
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
     }
     let exe = dir.join("fixture");
-    run(go_env(Command::new(go).current_dir(&dir).arg("build").args(flags).arg("-o").arg(&exe).arg("."), version));
+    let mut cmd = Command::new(go);
+    cmd.current_dir(&dir).arg("build").args(flags).arg("-o").arg(&exe).arg(".");
+    if fixture == "go-cgo" {
+        cmd.env("CGO_ENABLED", "1").env("CC", tool("GCC"));
+    }
+    run(go_env(&mut cmd, version));
     exe
 }
 
@@ -47,6 +57,11 @@ fn go_addr2line(go: &Path, version: &str, exe: &Path, addrs: &[u64]) -> Vec<(Str
 }
 
 fn differential(version: &str, go: &Path, variant: &str, exe: &Path, seed: u64) {
+    differential_with(version, go, variant, exe, exe, seed, 50)
+}
+
+/// `oracle_exe`: the file `go tool addr2line` reads (same text as `exe`, see cgo_external_linking).
+fn differential_with(version: &str, go: &Path, variant: &str, exe: &Path, oracle_exe: &Path, seed: u64, min_inlined: usize) {
     let bin = Binary::open(exe).unwrap();
     let table = GoTable::load(&bin).expect("pclntab found");
     let entries: Vec<(u64, String)> = table.functions().map(|(e, n)| (e, n.to_owned())).collect();
@@ -62,7 +77,7 @@ fn differential(version: &str, go: &Path, variant: &str, exe: &Path, seed: u64) 
             random += 1;
         }
     }
-    let theirs = go_addr2line(go, version, exe, &addrs);
+    let theirs = go_addr2line(go, version, oracle_exe, &addrs);
     let mut plain = Symbolizer::new(SymbolizerConfig { inlines: false, ..Default::default() });
     let mut inl = Symbolizer::new(SymbolizerConfig::default());
     let flat = plain.symbolize(&bin, &addrs).unwrap();
@@ -95,7 +110,7 @@ fn differential(version: &str, go: &Path, variant: &str, exe: &Path, seed: u64) 
     }
     eprintln!("go {version} {variant}: {} addresses ({} entries), {inlined} with inline frames, {padding} in padding", addrs.len(), entries.len());
     assert!(bad.is_empty(), "go {version} {variant}: {} of {} disagree:\n{}", bad.len(), addrs.len(), bad[..bad.len().min(20)].join("\n"));
-    assert!(inlined > 50, "go {version} {variant}: only {inlined} PCs had inline frames");
+    assert!(inlined > min_inlined, "go {version} {variant}: only {inlined} PCs had inline frames");
 }
 
 /// Runs the fixture and checks every physical frame's chain against runtime.CallersFrames.
@@ -278,6 +293,57 @@ fn section_less_binaries() {
         assert!(inl > 20, "go {version} {variant}: inline chains expected");
         for ((addr, x), y) in addrs.iter().zip(&ra).zip(&rb) {
             assert_eq!(x, y, "go {version} {variant} at {addr:#x}");
+        }
+    }
+}
+
+/// cgo with the external linker: C code precedes Go text, so `.text`'s address is not the text
+/// base. Stripped, the Go 1.26+ base must come from moduledata.text.
+#[test]
+fn cgo_external_linking() {
+    for (version, key) in [("1.24", "GO_1_24"), ("1.27", "GO_1_27")] {
+        let go = tool(key);
+        for (variant, flags) in [
+            ("cgo-ext", &["-trimpath", "-ldflags=-linkmode=external"][..]),
+            ("cgo-ext-stripped", &["-trimpath", "-ldflags=-linkmode=external -s -w"][..]),
+        ] {
+            let exe = build_from("go-cgo", version, &go, variant, flags);
+            let bin = Binary::open(&exe).unwrap();
+            let table = GoTable::load(&bin).expect("pclntab");
+            let text = run(Command::new("readelf").arg("-SW").arg(&exe));
+            let text_addr = text
+                .lines()
+                .find(|l| l.contains(" .text "))
+                .and_then(|l| l.split(']').nth(1))
+                .and_then(|l| u64::from_str_radix(l.split_whitespace().nth(2)?, 16).ok())
+                .unwrap();
+            eprintln!("go {version} {variant}: .text {text_addr:#x}, text base {:#x}", table.text_start());
+            assert!(table.text_start() > text_addr, "C code should precede Go text");
+            // Go's addr2line bases a stripped, externally linked binary at `.text` (where the C
+            // code starts) and so names the wrong functions. The unstripped build has the same
+            // text bytes, so it serves as the oracle's input for the stripped one.
+            let oracle = if variant == "cgo-ext-stripped" {
+                let plain = exe.parent().unwrap().parent().unwrap().join(format!("go-cgo-{version}-cgo-ext/fixture"));
+                let text = |p: &Path| {
+                    let out = exe.with_file_name(format!("text-{}", p.parent().unwrap().file_name().unwrap().to_string_lossy()));
+                    run(Command::new(tool("OBJCOPY")).args(["-O", "binary", "--only-section=.text"]).arg(p).arg(&out));
+                    std::fs::read(out).unwrap()
+                };
+                assert!(text(&plain) == text(&exe), "stripped and unstripped builds differ in .text");
+                plain
+            } else {
+                exe.clone()
+            };
+            differential_with(version, &go, variant, &exe, &oracle, 300, 20);
+            // The C function resolves through the symbol table or DWARF, not pclntab.
+            if variant == "cgo-ext" {
+                let nm = run(Command::new(tool("NM")).arg(&exe));
+                let c = nm.lines().find(|l| l.ends_with(" c_entry")).expect("c_entry");
+                let a = u64::from_str_radix(c.split(' ').next().unwrap(), 16).unwrap();
+                assert!(!table.covers(a));
+                let r = Symbolizer::new(SymbolizerConfig::default()).symbolize(&bin, &[a]).unwrap().remove(0).unwrap();
+                assert_eq!(r.last().unwrap().function, "c_entry");
+            }
         }
     }
 }
