@@ -31,4 +31,4 @@ pub use store::{Placement, StoreError, TableStore};
 #[cfg(feature = "std")]
 pub use mapping::{load_segments, lpm_blocks, mapping_bias, LoadSegment};
 #[cfg(feature = "std")]
-pub use compile::{compile_eh_frame, compile_elf, CompileOptions, CompileStats, CompiledTable, Error, SectionAddrs};
+pub use compile::{compile_eh_frame, compile_elf, CompileOptions, CompileStats, CompiledTable, Error, SectionAddrs, UnsupportedStats};

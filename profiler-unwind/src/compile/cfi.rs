@@ -34,6 +34,7 @@ pub(super) fn collect_spans(
     let span_limit = opts.max_rows.saturating_mul(4);
     let mut spans = Vec::new();
     let mut fde_spans = Vec::new();
+    let mut unsupported = Vec::new();
     let mut cies: HashMap<usize, CommonInformationEntry<Reader<'_>>> = HashMap::new();
     // UnwindContext is a few KiB; reused for every FDE.
     let mut ctx = Box::new(UnwindContext::new());
@@ -56,17 +57,18 @@ pub(super) fn collect_spans(
             continue;
         };
         fde_spans.clear();
+        unsupported.clear();
         let evaluated = (|| -> gimli::Result<()> {
             let mut rows = fde.rows(&section, &bases, &mut ctx)?;
             while let Some(row) = rows.next_row()? {
                 if fde_spans.len() >= span_limit {
                     return Err(gimli::Error::StackFull);
                 }
-                fde_spans.push(Span {
-                    start: row.start_address(),
-                    end: row.end_address(),
-                    rule: rule_of(row, &section),
+                let rule = rule_of(row, &section).unwrap_or_else(|why| {
+                    unsupported.push(why);
+                    UnwindRow::new(0, CFA_UNSUPPORTED, 0, RBP_UNCHANGED, 0)
                 });
+                fde_spans.push(Span { start: row.start_address(), end: row.end_address(), rule });
             }
             Ok(())
         })();
@@ -86,55 +88,69 @@ pub(super) fn collect_spans(
             return Err(Error::TooManyRows { limit: opts.max_rows });
         }
         stats.cfi_rows += fde_spans.len();
-        for span in &fde_spans {
-            match span.rule.cfa_kind() {
-                CFA_UNSUPPORTED => stats.unsupported_rows += 1,
-                CFA_PLT => stats.plt_rows += 1,
-                _ => {}
-            }
+        stats.plt_rows += fde_spans.iter().filter(|s| s.rule.cfa_kind() == CFA_PLT).count();
+        for why in &unsupported {
+            let counter = match why {
+                Unsupported::CfaExpression => &mut stats.unsupported.cfa_expression,
+                Unsupported::CfaRegister => &mut stats.unsupported.cfa_register,
+                Unsupported::CfaOffset => &mut stats.unsupported.cfa_offset,
+                Unsupported::ReturnAddress => &mut stats.unsupported.return_address,
+                Unsupported::Rbp => &mut stats.unsupported.rbp,
+            };
+            *counter += 1;
         }
         spans.extend_from_slice(&fde_spans);
     }
     Ok(spans)
 }
 
+/// Why a CFI row became a `CFA_UNSUPPORTED` row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Unsupported {
+    /// CFA from a DWARF expression other than the PLT one (signal trampolines, hand-written asm).
+    CfaExpression,
+    /// CFA based on a register other than rsp/rbp.
+    CfaRegister,
+    /// CFA offset negative or above 65535 (huge stack frames).
+    CfaOffset,
+    /// Return address not at CFA - 8.
+    ReturnAddress,
+    /// rbp saved somewhere other than CFA + 8n, n in i8.
+    Rbp,
+}
+
 /// The compact rule for one CFI row (pc left at 0).
-fn rule_of(row: &UnwindTableRow<usize>, section: &EhFrame<Reader<'_>>) -> UnwindRow {
-    let unsupported = UnwindRow::new(0, CFA_UNSUPPORTED, 0, RBP_UNCHANGED, 0);
+fn rule_of(row: &UnwindTableRow<usize>, section: &EhFrame<Reader<'_>>) -> Result<UnwindRow, Unsupported> {
     // The return address column: undefined marks the outermost frame; anything but
     // "saved at CFA - 8" breaks the assumption every row relies on.
     match row.register(X86_64::RA) {
-        Some(RegisterRule::Undefined) => return UnwindRow::new(0, CFA_END_OF_STACK, 0, RBP_UNCHANGED, 0),
+        Some(RegisterRule::Undefined) => return Ok(UnwindRow::new(0, CFA_END_OF_STACK, 0, RBP_UNCHANGED, 0)),
         Some(RegisterRule::Offset(-8)) => {}
-        _ => return unsupported,
+        _ => return Err(Unsupported::ReturnAddress),
     }
     let (cfa_kind, cfa_offset) = match row.cfa() {
         CfaRule::RegisterAndOffset { register, offset } => {
             let kind = match *register {
                 X86_64::RSP => CFA_RSP,
                 X86_64::RBP => CFA_RBP,
-                _ => return unsupported,
+                _ => return Err(Unsupported::CfaRegister),
             };
-            match u16::try_from(*offset) {
-                Ok(offset) => (kind, offset),
-                Err(_) => return unsupported,
-            }
+            (kind, u16::try_from(*offset).map_err(|_| Unsupported::CfaOffset)?)
         }
-        CfaRule::Expression(expr) => match expr.get(section).ok().and_then(|e| plt_threshold(e.0.slice())) {
-            Some(threshold) => (CFA_PLT, threshold),
-            None => return unsupported,
-        },
+        CfaRule::Expression(expr) => {
+            let threshold = expr.get(section).ok().and_then(|e| plt_threshold(e.0.slice()));
+            (CFA_PLT, threshold.ok_or(Unsupported::CfaExpression)?)
+        }
     };
     // Callee-saved rbp: no rule (or same value) means it still holds the caller's value.
     let (rbp_kind, rbp_offset) = match row.register(X86_64::RBP) {
         None | Some(RegisterRule::SameValue) | Some(RegisterRule::Undefined) => (RBP_UNCHANGED, 0),
-        Some(RegisterRule::Offset(off)) if off % 8 == 0 => match i8::try_from(off / 8) {
-            Ok(words) => (RBP_AT_CFA, words),
-            Err(_) => return unsupported,
-        },
-        Some(_) => return unsupported,
+        Some(RegisterRule::Offset(off)) if off % 8 == 0 => {
+            (RBP_AT_CFA, i8::try_from(off / 8).map_err(|_| Unsupported::Rbp)?)
+        }
+        Some(_) => return Err(Unsupported::Rbp),
     };
-    UnwindRow::new(0, cfa_kind, cfa_offset, rbp_kind, rbp_offset)
+    Ok(UnwindRow::new(0, cfa_kind, cfa_offset, rbp_kind, rbp_offset))
 }
 
 /// Recognizes the CFA expression that linkers emit for PLT entries:

@@ -63,8 +63,27 @@ pub struct CompileStats {
     pub fdes_outside_code: usize,
     /// CFI rows before merging.
     pub cfi_rows: usize,
-    pub unsupported_rows: usize,
+    pub unsupported: UnsupportedStats,
     pub plt_rows: usize,
+}
+
+/// CFI rows that became `CFA_UNSUPPORTED`, by cause.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnsupportedStats {
+    /// DWARF expressions other than the PLT pattern: signal trampolines, hand-written asm.
+    pub cfa_expression: usize,
+    /// CFA based on a register other than rsp or rbp (e.g. stack realignment through r10).
+    pub cfa_register: usize,
+    /// Frames of 64 KiB or more.
+    pub cfa_offset: usize,
+    pub return_address: usize,
+    pub rbp: usize,
+}
+
+impl UnsupportedStats {
+    pub fn total(&self) -> usize {
+        self.cfa_expression + self.cfa_register + self.cfa_offset + self.return_address + self.rbp
+    }
 }
 
 /// A compiled table: rows sorted by pc, pcs relative to `pc_base`, ending with a
