@@ -1,11 +1,26 @@
 //! Unwind tables compiled from `.eh_frame`, and the lookup and step logic that the eBPF
 //! program and ordinary tests share.
 //!
-//! The core (`search`, `step`, `walk`) is `no_std`, allocation-free and panic-free, with every
-//! loop bounded, so the eBPF program can call it. The table compiler (`compile`) needs `std`.
+//! The core ([`search`], [`step`], [`walk`]) is `no_std`, allocation-free and panic-free, and
+//! every loop in it has a fixed ceiling, so the eBPF program can call it (build with
+//! `default-features = false`). The table compiler ([`compile`]), the LPM helpers
+//! ([`mapping`]) and the row-array bookkeeping ([`store`]) need `std`.
 //!
-//! Row format and stop reasons live in [`profiler_common::unwind`]; see there for the meaning
-//! of each row kind.
+//! Row format, map value types and stop reasons live in [`profiler_common::unwind`].
+//!
+//! # Kernel data path
+//! - `UNWIND_ROWS`: one `Array<UnwindRow>` shared by every binary (size = row budget);
+//!   [`TableStore`] decides where each binary's rows go.
+//! - `UNWIND_TABLES`: `Array<UnwindTableInfo>` indexed by table id.
+//! - `UNWIND_MAPPINGS`: `LpmTrie<MappingKey, UnwindMapping>`; each executable mapping of each
+//!   profiled process is stored as the blocks [`lpm_blocks`] returns, with the bias from
+//!   [`mapping_bias`].
+//!
+//! Per frame: LPM lookup of (pid, pc) → no entry or `NO_TABLE` means `Ok(None)` (frame
+//! pointers); else `UNWIND_TABLES[table_id]` and [`lookup_row`] over `UNWIND_ROWS` with
+//! `pc - bias`; all of it inside the `lookup` closure of [`next_frame_traced`], which a
+//! `bpf_loop` callback calls once per frame. The row count comes from the map, which keeps the
+//! verifier from unrolling the binary search (see `notes/ebpf-verifier.md`).
 #![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod search;

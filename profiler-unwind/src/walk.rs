@@ -191,6 +191,50 @@ mod tests {
     }
 
     #[test]
+    fn random_tables_and_memory_terminate() {
+        // Garbage rows and garbage stack memory: every walk ends within the limit, and every
+        // recovered frame moved the stack pointer up.
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut rand = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..2000 {
+            let rows: [UnwindRow; 4] = core::array::from_fn(|i| {
+                let r = rand();
+                UnwindRow::new(i as u32 * 0x40, (r & 7) as u8, (r >> 8) as u16, ((r >> 24) & 3) as u8, (r >> 32) as i8)
+            });
+            let lookup = |pc: u64| -> Result<Option<UnwindRow>, StopReason> {
+                if pc & 0x100 != 0 {
+                    return Ok(None);
+                }
+                Ok(crate::find_row(&rows, (pc & 0xff) as u32).copied())
+            };
+            let seed = rand();
+            let read = |addr: u64| {
+                let x = (addr ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                (x % 7 != 0).then_some(x >> (x & 31))
+            };
+            let start = Regs { rip: rand(), rsp: rand() >> 1, rbp: rand() >> 1 };
+            let mut frames = [0u64; 64];
+            let got = unwind(start, lookup, read, 64, &mut frames);
+            assert!(got.depth <= 64 && got.fp_frames < got.depth.max(1));
+            let mut regs = start;
+            for depth in 0..64 {
+                match next_frame(&regs, depth == 0, lookup, read) {
+                    Ok(caller) => {
+                        assert!(caller.rsp > regs.rsp);
+                        regs = caller;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    #[test]
     fn lookup_errors_stop() {
         let regs = Regs { rip: 0x90_0000, rsp: 0x6ff0, rbp: 0x7000 };
         let mut frames = [0u64; 8];
