@@ -65,6 +65,13 @@ impl Binary {
     /// Opens and maps `path`, then parses the ELF header, build IDs and `PT_LOAD`s.
     /// Symbols are not parsed here; that happens lazily in the [`crate::Symbolizer`].
     pub fn open(path: &Path) -> Result<Arc<Binary>, Error> {
+        Self::open_as(path, path)
+    }
+
+    /// Opens `open` (e.g. `/proc/PID/map_files/START-END`) but records `original` (the path in
+    /// `/proc/PID/maps`) as the binary's path, so `.gnu_debuglink` is searched next to it.
+    pub fn open_as(open: &Path, original: &Path) -> Result<Arc<Binary>, Error> {
+        let path = open;
         let io = |source| Error::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(io)?;
         let meta = file.metadata().map_err(io)?;
@@ -83,7 +90,7 @@ impl Binary {
             size: meta.size(),
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
         };
-        Self::parse(Some(path.to_path_buf()), data, file_id).map(Arc::new)
+        Self::parse(Some(original.to_path_buf()), data, file_id).map(Arc::new)
     }
 
     /// Parses an in-memory ELF image (tests, fuzzing, files fetched from elsewhere).

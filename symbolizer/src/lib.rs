@@ -19,10 +19,12 @@ pub mod elf;
 pub mod fuzzing;
 pub mod gopclntab;
 pub mod kernel;
+mod service;
 mod symbolizer;
 
 pub use binary::{Binary, BinaryId, LoadSegment};
 pub use kernel::{Kallsyms, KernelSymbol};
+pub use service::SymbolizerThread;
 pub use symbolizer::{Symbolizer, SymbolizerConfig};
 
 use std::path::PathBuf;

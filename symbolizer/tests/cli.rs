@@ -6,8 +6,8 @@ use std::process::Command;
 
 use support::{fixture_dir, run, run_with_input, tool};
 
-fn fixture() -> std::path::PathBuf {
-    let dir = fixture_dir("cli");
+fn fixture(name: &str) -> std::path::PathBuf {
+    let dir = fixture_dir(name);
     std::fs::write(
         dir.join("p.c"),
         "static inline __attribute__((always_inline)) int sq(int x) { return x * x; }\n\
@@ -28,7 +28,7 @@ fn symbol_address(exe: &std::path::Path, name: &str) -> u64 {
 
 #[test]
 fn json_lines_from_args_and_stdin() {
-    let exe = fixture();
+    let exe = fixture("cli-json");
     let f = symbol_address(&exe, "f");
     let bin = env!("CARGO_BIN_EXE_symbolize");
     let out = run(Command::new(bin).arg("--exe").arg(&exe).arg(format!("{f:#x}")).arg("0x1"));
@@ -62,4 +62,18 @@ fn missing_file_fails() {
     assert!(String::from_utf8_lossy(&st.stderr).contains("/nonexistent/x"));
     let st = Command::new(env!("CARGO_BIN_EXE_symbolize")).output().unwrap();
     assert_eq!(st.status.code(), Some(2));
+}
+
+#[test]
+fn symbolizer_thread_serves_requests() {
+    let exe = fixture("cli-thread");
+    let f = symbol_address(&exe, "f");
+    let bin = symbolizer::Binary::open(&exe).unwrap();
+    let t = symbolizer::SymbolizerThread::spawn(symbolizer::SymbolizerConfig::default()).unwrap();
+    let a = t.request(bin.clone(), vec![f, 1]);
+    let b = t.request(bin, vec![f]);
+    let a = a.recv().unwrap().unwrap();
+    assert_eq!(a[0].as_ref().unwrap().last().unwrap().function, "f");
+    assert_eq!(a[1], Err(symbolizer::Miss::UnknownAddress));
+    assert_eq!(b.recv().unwrap().unwrap().len(), 1);
 }

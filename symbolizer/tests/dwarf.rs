@@ -187,6 +187,18 @@ fn separate_debug_file_via_debuglink_and_build_id() {
     assert!(!run(Command::new("readelf").arg("-SW").arg(&exe)).contains(".debug_info"));
     check(&exe, no_debug_dirs(), 31);
 
+    // Opened through another path (as the agent opens /proc/PID/map_files/...): the debuglink
+    // is searched next to the original path given to open_as.
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::copy(&exe, elsewhere.join("copy")).unwrap();
+    let copy = Binary::open(&elsewhere.join("copy")).unwrap();
+    let via = Binary::open_as(&elsewhere.join("copy"), &exe).unwrap();
+    let probe = random_text_addrs(&copy, 300, 2);
+    let lines = |b: &Binary| ours(b, &probe, no_debug_dirs()).iter().filter(|l| l.as_ref().is_ok_and(|f| f[0].line.is_some())).count();
+    assert_eq!(lines(&copy), 0, "no debug file next to the copy");
+    assert!(lines(&via) > 200, "open_as finds the debuglink next to the original path");
+
     // A debuglink whose CRC does not match is ignored.
     let bad = dir.join("bad");
     std::fs::create_dir_all(&bad).unwrap();
