@@ -1,7 +1,7 @@
 //! Unwind tables compiled from `.eh_frame`, and the lookup and step logic that the eBPF
 //! program and ordinary tests share.
 //!
-//! The core ([`search`], [`step`], [`walk`]) is `no_std`, allocation-free and panic-free, and
+//! The core ([`search`], [`mod@step`], [`walk`]) is `no_std`, allocation-free and panic-free, and
 //! every loop in it has a fixed ceiling, so the eBPF program can call it (build with
 //! `default-features = false`). The table compiler ([`compile`]), the LPM helpers
 //! ([`mapping`]) and the row-array bookkeeping ([`store`]) need `std`.

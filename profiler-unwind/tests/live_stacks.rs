@@ -66,6 +66,16 @@ fn c_mixed_tables_and_frame_pointers() {
 }
 
 #[test]
+fn c_non_pie_and_static() {
+    // Fixed addresses (bias 0), and libc's own CFI inside the executable.
+    let units: &[(&str, &[&str])] = &[("chain_main.c", OMIT_FP), ("chain_middle.c", OMIT_FP)];
+    let exe = fixture::build_linked("chain-nopie", units, &["-no-pie"]);
+    check(&sample(&exe, 20), C_CHAIN, 0);
+    let exe = fixture::build_linked("chain-static", units, &["-static"]);
+    check(&sample(&exe, 20), C_CHAIN, 0);
+}
+
+#[test]
 fn rust_without_frame_pointers() {
     let exe = fixture::build_rust("chain-rust", "chain.rs", RUST_NO_FP);
     check(&sample(&exe, 40), RUST_CHAIN, 0);

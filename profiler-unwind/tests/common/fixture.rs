@@ -16,6 +16,11 @@ pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"
 /// Compiles each `(source, flags)` to an object and links them into `name`, in a directory of
 /// its own under the target's test tmpdir.
 pub fn build(name: &str, units: &[(&str, &[&str])]) -> PathBuf {
+    build_linked(name, units, &[])
+}
+
+/// [`build`] with extra link flags (`-no-pie`, `-static`).
+pub fn build_linked(name: &str, units: &[(&str, &[&str])], link_flags: &[&str]) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("unwind-fixtures").join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let mut objects = Vec::new();
@@ -30,7 +35,7 @@ pub fn build(name: &str, units: &[(&str, &[&str])]) -> PathBuf {
         objects.push(obj);
     }
     let exe = dir.join(name);
-    run(Command::new("gcc").args(&objects).arg("-o").arg(&exe));
+    run(Command::new("gcc").args(&objects).args(link_flags).arg("-o").arg(&exe));
     exe
 }
 
