@@ -1,5 +1,16 @@
-//! Turns ELF virtual addresses into frames: symbol tables, DWARF with inline frames and Go pclntab,
-//! plus kernel symbols from `/proc/kallsyms`.
+//! Turns ELF virtual addresses into frames, innermost first, and kernel addresses into
+//! `/proc/kallsyms` symbols.
+//!
+//! Sources, most precise first, per binary:
+//! - [`gopclntab`]: Go's own tables (names, files, lines, full inline chains), Go 1.2 to 1.27,
+//!   also in stripped (`-s -w`), PIE and section-less files;
+//! - [`dwarf`]: `gimli`/`addr2line` with inline frames, DWARF 4/5, zlib/zstd compressed
+//!   sections, separate debug files (build-id dirs and CRC-checked `.gnu_debuglink`);
+//! - [`elf`]: `.symtab`/`.dynsym`, nearest containing function symbol.
+//!
+//! Names are demangled ([`demangle`]). A miss is a typed [`Miss`], not an error. Parsed state is
+//! cached per [`BinaryId`] (LRU) with a per-address result cache; a [`Symbolizer`] is `Send`
+//! but single-threaded, and [`SymbolizerThread`] runs one off the caller's thread.
 //!
 //! ```no_run
 //! use symbolizer::{Binary, Symbolizer, SymbolizerConfig};

@@ -7,17 +7,18 @@ use std::thread::JoinHandle;
 use crate::{Binary, Error, Lookup, Symbolizer, SymbolizerConfig};
 
 type Reply = mpsc::Sender<Result<Vec<Lookup>, Error>>;
+type Request = (Arc<Binary>, Vec<u64>, Reply);
 
 /// Owns a [`Symbolizer`] on a dedicated thread. Requests are served in order; dropping the
 /// handle stops the thread after the queued requests.
 pub struct SymbolizerThread {
-    tx: Option<mpsc::Sender<(Arc<Binary>, Vec<u64>, Reply)>>,
+    tx: Option<mpsc::Sender<Request>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl SymbolizerThread {
     pub fn spawn(config: SymbolizerConfig) -> std::io::Result<SymbolizerThread> {
-        let (tx, rx) = mpsc::channel::<(Arc<Binary>, Vec<u64>, Reply)>();
+        let (tx, rx) = mpsc::channel::<Request>();
         let thread = std::thread::Builder::new().name("symbolizer".into()).spawn(move || {
             let mut s = Symbolizer::new(config);
             for (binary, addrs, reply) in rx {
