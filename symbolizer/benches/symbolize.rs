@@ -168,6 +168,25 @@ fn warm(c: &mut Criterion) {
     g.bench_function("gopclntab_table_no_inlines", |b| {
         b.iter(|| go_addrs.iter().map(|&a| table.lookup(a, false).map_or(0, |f| f.len())).sum::<usize>())
     });
+    // A profile's PCs concentrate on hot code: 10,240 PCs inside 256 random functions.
+    let funcs: Vec<u64> = table.functions().map(|(e, _)| e).collect();
+    let mut rng = support::Rng::new(6);
+    let mut hot = Vec::new();
+    while hot.len() < 10_240 {
+        let i = rng.below(funcs.len() as u64 - 1) as usize;
+        let (start, end) = (funcs[i], funcs[i + 1]);
+        for _ in 0..40 {
+            hot.push(start + rng.below(end - start));
+        }
+        if hot.len() >= 256 * 40 {
+            break;
+        }
+    }
+    g.throughput(Throughput::Elements(hot.len() as u64));
+    g.bench_function("gopclntab_table_inlines_hot_256_functions", |b| {
+        b.iter(|| hot.iter().map(|&a| table.lookup(a, true).map_or(0, |f| f.len())).sum::<usize>())
+    });
+    g.throughput(Throughput::Elements(go_addrs.len() as u64));
     let mut go_cached = Symbolizer::new(SymbolizerConfig::default());
     go_cached.symbolize(&gobin, &go_addrs).unwrap();
     g.bench_function("gopclntab_address_cache_copying", |b| b.iter(|| black_box(go_cached.symbolize(&gobin, &go_addrs).unwrap())));
