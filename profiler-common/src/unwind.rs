@@ -28,6 +28,17 @@ pub const CFA_UNSUPPORTED: u8 = 4;
 /// `(pc & 15) >= cfa_offset`. This is the one DWARF expression every linker emits, so it gets
 /// its own kind instead of being reported as unsupported.
 pub const CFA_PLT: u8 = 5;
+/// Signal trampoline (`__restore_rt`, CIE augmentation "S"): rsp points at the kernel's
+/// `ucontext_t`, which holds the interrupted registers at the `UCONTEXT_*` offsets. The
+/// recovered rip is the interrupted instruction itself, not a return address.
+pub const CFA_SIGNAL_FRAME: u8 = 6;
+
+/// Offsets from rsp in `__restore_rt` to the saved registers: `ucontext_t.uc_mcontext` starts
+/// 40 bytes in (flags, link, 24-byte `stack_t`), then `gregs[REG_RBP = 10]`,
+/// `gregs[REG_RSP = 15]` and `gregs[REG_RIP = 16]`, 8 bytes each.
+pub const UCONTEXT_RBP: u64 = 40 + 8 * 10;
+pub const UCONTEXT_RSP: u64 = 40 + 8 * 15;
+pub const UCONTEXT_RIP: u64 = 40 + 8 * 16;
 
 /// The caller's rbp equals the current rbp (not saved, or not yet clobbered).
 pub const RBP_UNCHANGED: u8 = 0;

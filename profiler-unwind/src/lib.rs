@@ -18,7 +18,7 @@
 //!
 //! Per frame: LPM lookup of (pid, pc) → no entry or `NO_TABLE` means `Ok(None)` (frame
 //! pointers); else `UNWIND_TABLES[table_id]` and [`lookup_row`] over `UNWIND_ROWS` with
-//! `pc - bias`; all of it inside the `lookup` closure of [`next_frame_traced`], which a
+//! `pc - bias`; all of it inside the `lookup` closure of [`next_frame`], which a
 //! `bpf_loop` callback calls once per frame. The row count comes from the map, which keeps the
 //! verifier from unrolling the binary search (see `notes/ebpf-verifier.md`).
 #![cfg_attr(not(feature = "std"), no_std)]
@@ -39,7 +39,7 @@ pub use profiler_common::unwind::{
 };
 pub use search::{find_row, lookup_row, search_rows, table_pc, MAX_SEARCH_STEPS};
 pub use step::{fp_step, step};
-pub use walk::{next_frame, next_frame_traced, unwind, Unwound};
+pub use walk::{next_frame, unwind, Caller, Unwound};
 
 #[cfg(feature = "std")]
 pub use store::{Placement, StoreError, TableStore};

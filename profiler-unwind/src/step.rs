@@ -2,17 +2,22 @@
 
 use profiler_common::unwind::{
     StopReason, UnwindRegs as Regs, UnwindRow, CFA_END_OF_STACK, CFA_NOT_COVERED, CFA_PLT,
-    CFA_RBP, CFA_RSP, RBP_AT_CFA, RBP_UNCHANGED,
+    CFA_RBP, CFA_RSP, CFA_SIGNAL_FRAME, RBP_AT_CFA, RBP_UNCHANGED, UCONTEXT_RBP, UCONTEXT_RIP,
+    UCONTEXT_RSP,
 };
 
 /// The caller's registers according to `row`, which must be the row covering `regs.rip`.
 /// `read_u64` reads 8 bytes of the target's memory (`bpf_probe_read_user` in the kernel).
+/// For a `CFA_SIGNAL_FRAME` row the result is the interrupted context, whose rip is exact.
 #[inline(always)]
 pub fn step(
     regs: &Regs,
     row: &UnwindRow,
     mut read_u64: impl FnMut(u64) -> Option<u64>,
 ) -> Result<Regs, StopReason> {
+    if row.cfa_kind() == CFA_SIGNAL_FRAME {
+        return signal_step(regs, read_u64);
+    }
     let offset = u64::from(row.cfa_offset);
     let cfa = match row.cfa_kind() {
         CFA_RSP => regs.rsp.checked_add(offset),
@@ -46,6 +51,21 @@ pub fn step(
         return Err(StopReason::EndOfStack);
     }
     Ok(Regs { rip: ra, rsp: cfa, rbp })
+}
+
+/// The interrupted registers saved in the signal frame at rsp.
+#[inline(always)]
+fn signal_step(regs: &Regs, mut read_u64: impl FnMut(u64) -> Option<u64>) -> Result<Regs, StopReason> {
+    let at = |off: u64| regs.rsp.checked_add(off).ok_or(StopReason::BadFrame);
+    let rip = read_u64(at(UCONTEXT_RIP)?).ok_or(StopReason::ReadFailure)?;
+    let rsp = read_u64(at(UCONTEXT_RSP)?).ok_or(StopReason::ReadFailure)?;
+    let rbp = read_u64(at(UCONTEXT_RBP)?).ok_or(StopReason::ReadFailure)?;
+    // The interrupted code may run on another stack (sigaltstack), so rsp need not grow; the
+    // depth limit bounds a chain of bogus signal frames.
+    if rip == 0 {
+        return Err(StopReason::EndOfStack);
+    }
+    Ok(Regs { rip, rsp, rbp })
 }
 
 /// The caller's registers by the frame-pointer convention: rbp points at the saved rbp, with
@@ -114,6 +134,20 @@ mod tests {
         assert_eq!(step(&at_start, &row, mem(0x7000, &[0x40_0002])).unwrap().rsp, 0x7008);
         let after_push = Regs { rip: 0x102b, rsp: 0x7000, rbp: 0 };
         assert_eq!(step(&after_push, &row, mem(0x7000, &stack)).unwrap().rip, 0x40_0001);
+    }
+
+    #[test]
+    fn signal_frame() {
+        let mut uc = [0u64; 22];
+        uc[10 + 5] = 0x7100; // rbp
+        uc[15 + 5] = 0x7200; // rsp
+        uc[16 + 5] = 0x40_4242; // rip
+        let regs = Regs { rip: 0x1000, rsp: 0x7000, rbp: 1 };
+        let row = UnwindRow::new(0, CFA_SIGNAL_FRAME, 0, RBP_UNCHANGED, 0);
+        assert_eq!(step(&regs, &row, mem(0x7000, &uc)), Ok(Regs { rip: 0x40_4242, rsp: 0x7200, rbp: 0x7100 }));
+        assert_eq!(step(&regs, &row, mem(0x7000, &uc[..21])), Err(StopReason::ReadFailure));
+        let high = Regs { rsp: u64::MAX - 100, ..regs };
+        assert_eq!(step(&high, &row, |_| Some(1)), Err(StopReason::BadFrame));
     }
 
     #[test]

@@ -5,50 +5,57 @@
 //! so the per-frame logic is [`next_frame`], which a `bpf_loop` callback can call directly.
 
 use crate::step::{fp_step, step};
-use profiler_common::unwind::{StopReason, UnwindRegs as Regs, UnwindRow, CFA_NOT_COVERED};
+use profiler_common::unwind::{
+    StopReason, UnwindRegs as Regs, UnwindRow, CFA_NOT_COVERED, CFA_SIGNAL_FRAME,
+};
+
+/// One step up the stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub regs: Regs,
+    /// Recovered by the frame-pointer fallback rather than a table row.
+    pub by_frame_pointer: bool,
+    /// `regs.rip` is an exact instruction (the context a signal interrupted), not a return
+    /// address: look it up as is, not at rip - 1. Pass it as `exact_pc` of the next step.
+    pub exact_pc: bool,
+}
 
 /// The caller of the frame in `regs`.
 ///
 /// `lookup(pc)` returns the row covering an absolute `pc`: `Ok(None)` when no table covers the
 /// binary (the frame-pointer fallback then runs), `Ok(Some(row))` otherwise (a
 /// `CFA_NOT_COVERED` row also falls back to frame pointers), or `Err` to stop.
-/// `innermost` is true for the sampled frame: its rip is the interrupted instruction, while
-/// every other rip is a return address, looked up at rip - 1 so that a call at the very end of
-/// a function finds that function's row, not the next one's.
+/// `exact_pc` is true for the sampled frame (and after a signal frame): its rip is the
+/// interrupted instruction. Every other rip is a return address, looked up at rip - 1 so that a
+/// call at the very end of a function finds that function's row, not the next one's.
 #[inline(always)]
 pub fn next_frame(
     regs: &Regs,
-    innermost: bool,
-    mut lookup: impl FnMut(u64) -> Result<Option<UnwindRow>, StopReason>,
+    exact_pc: bool,
+    lookup: impl FnMut(u64) -> Result<Option<UnwindRow>, StopReason>,
     read_u64: impl FnMut(u64) -> Option<u64>,
-) -> Result<Regs, StopReason> {
-    next_frame_traced(regs, innermost, &mut lookup, read_u64).map(|(caller, _)| caller)
-}
-
-/// [`next_frame`], also telling whether the frame-pointer fallback produced the caller.
-#[inline(always)]
-pub fn next_frame_traced(
-    regs: &Regs,
-    innermost: bool,
-    mut lookup: impl FnMut(u64) -> Result<Option<UnwindRow>, StopReason>,
-    read_u64: impl FnMut(u64) -> Option<u64>,
-) -> Result<(Regs, bool), StopReason> {
-    let pc = if innermost { regs.rip } else { regs.rip.wrapping_sub(1) };
+) -> Result<Caller, StopReason> {
+    let pc = if exact_pc { regs.rip } else { regs.rip.wrapping_sub(1) };
+    let mut lookup = lookup;
     let why_guessing = match lookup(pc)? {
         Some(row) if row.cfa_kind() != CFA_NOT_COVERED => {
-            return step(regs, &row, read_u64).map(|caller| (caller, false))
+            let regs = step(regs, &row, read_u64)?;
+            let exact_pc = row.cfa_kind() == CFA_SIGNAL_FRAME;
+            return Ok(Caller { regs, by_frame_pointer: false, exact_pc });
         }
         Some(_) => StopReason::PcNotCovered,
         None => StopReason::NoTable,
     };
     match fp_step(regs, read_u64) {
-        Ok(caller) => Ok((caller, true)),
+        Ok(regs) => Ok(Caller { regs, by_frame_pointer: true, exact_pc: false }),
         Err(StopReason::BadFrame) => Err(why_guessing),
         Err(e) => Err(e),
     }
 }
 
-/// How a walk went: `depth` frames were written, then it stopped for `stop`.
+/// How a walk went: `depth` frames were written, then it stopped for `stop`. Frames are as
+/// found on the stack: return addresses (symbolize at addr - 1), except the first and any
+/// frame right after a signal frame, which are exact (see [`Caller::exact_pc`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Unwound {
     pub depth: u32,
@@ -73,14 +80,16 @@ pub fn unwind(
     };
     *first = regs.rip;
     let mut regs = regs;
+    let mut exact_pc = true;
     for depth in 1..limit {
-        match next_frame_traced(&regs, depth == 1, &mut lookup, &mut read_u64) {
-            Ok((caller, by_fp)) => {
+        match next_frame(&regs, exact_pc, &mut lookup, &mut read_u64) {
+            Ok(caller) => {
                 if let Some(slot) = frames.get_mut(depth) {
-                    *slot = caller.rip;
+                    *slot = caller.regs.rip;
                 }
-                fp_frames += u32::from(by_fp);
-                regs = caller;
+                fp_frames += u32::from(caller.by_frame_pointer);
+                regs = caller.regs;
+                exact_pc = caller.exact_pc;
             }
             Err(stop) => return Unwound { depth: depth as u32, stop, fp_frames },
         }
@@ -225,8 +234,8 @@ mod tests {
             for depth in 0..64 {
                 match next_frame(&regs, depth == 0, lookup, read) {
                     Ok(caller) => {
-                        assert!(caller.rsp > regs.rsp);
-                        regs = caller;
+                        assert!(caller.regs.rsp > regs.rsp || caller.exact_pc);
+                        regs = caller.regs;
                     }
                     Err(_) => break,
                 }

@@ -30,7 +30,7 @@ fn replay_captured_stacks() {
         assert!(replay.names.iter().any(|n| n.ends_with("main")), "{}", path.display());
         seen += 1;
     }
-    assert!(seen >= 3, "only {seen} captured stacks in {DATA}");
+    assert!(seen >= 4, "only {seen} captured stacks in {DATA}");
 }
 
 /// The replay drops everything the walk did not touch; losing a stack byte it did touch must
@@ -52,19 +52,23 @@ fn truncated_captures_fail_cleanly() {
 #[test]
 #[ignore = "rewrites tests/data from live fixtures; run by hand"]
 fn record_captured_stacks() {
+    const SIGNAL: &[&str] = &["-O2", "-g", "-fomit-frame-pointer", "-DWITH_SIGNAL"];
     let fixtures = [
-        ("c-nofp", fixture::build("chain-nofp", &[("chain_main.c", OMIT_FP), ("chain_middle.c", OMIT_FP)]), "C, -O2 -fomit-frame-pointer"),
-        ("c-mixed", fixture::build("chain-mixed", &[("chain_main.c", OMIT_FP), ("chain_middle.c", FP_NO_CFI)]), "C, middle() without CFI but with frame pointers"),
-        ("rust-nofp", fixture::build_rust("chain-rust", "chain.rs", RUST_NO_FP), "Rust, opt-level=2, force-frame-pointers=no"),
+        ("c-nofp", fixture::build("chain-nofp", &[("chain_main.c", OMIT_FP), ("chain_middle.c", OMIT_FP)]), "C, -O2 -fomit-frame-pointer", ""),
+        ("c-mixed", fixture::build("chain-mixed", &[("chain_main.c", OMIT_FP), ("chain_middle.c", FP_NO_CFI)]), "C, middle() without CFI but with frame pointers", ""),
+        ("c-signal", fixture::build("chain-signal", &[("chain_main.c", SIGNAL), ("chain_middle.c", OMIT_FP)]), "C, in a SIGPROF handler", "on_signal_work"),
+        ("rust-nofp", fixture::build_rust("chain-rust", "chain.rs", RUST_NO_FP), "Rust, opt-level=2, force-frame-pointers=no", ""),
     ];
     let libc = std::process::Command::new("ldd").arg("--version").output().unwrap();
     let libc = String::from_utf8_lossy(&libc.stdout).lines().next().unwrap_or("").to_owned();
-    for (name, exe, what) in fixtures {
+    for (name, exe, what, innermost) in fixtures {
         let mut binaries = Binaries::default();
-        // The deepest of a few samples: through the sort, into the comparator.
-        let best = sample_process(&exe, 8)
+        // The deepest of some samples (through the sort, into the comparator) whose innermost
+        // function is `innermost`, if given.
+        let best = sample_process(&exe, 40)
             .iter()
             .map(|cap| binaries.record(cap, &format!("{what}; libc: {libc}")))
+            .filter(|r| innermost.is_empty() || r.names[0] == innermost)
             .max_by_key(|r| r.frames.len())
             .unwrap();
         assert_eq!(best.stop, StopReason::EndOfStack);

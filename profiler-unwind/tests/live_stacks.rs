@@ -76,6 +76,23 @@ fn c_non_pie_and_static() {
 }
 
 #[test]
+fn c_through_signal_frames() {
+    const FLAGS: &[&str] = &["-O2", "-g", "-fomit-frame-pointer", "-DWITH_SIGNAL"];
+    let exe = fixture::build("chain-signal", &[("chain_main.c", FLAGS), ("chain_middle.c", OMIT_FP)]);
+    let stacks = sample(&exe, 60);
+    check(&stacks, C_CHAIN, 0);
+    // The handler runs about a fifth of the time; its stacks go on below the signal frame.
+    let in_handler: Vec<_> = stacks.iter().filter(|s| s.names[0] == "on_signal_work").collect();
+    assert!(!in_handler.is_empty(), "no sample in the signal handler");
+    eprintln!("{} in the handler, e.g. {:?}", in_handler.len(), in_handler[0].names);
+    for s in in_handler {
+        assert_eq!(s.names[1], "on_signal", "{:?}", s.names);
+        let main_at = s.names.iter().position(|n| n == "main").unwrap();
+        assert!(main_at > 3, "{:?}", s.names);
+    }
+}
+
+#[test]
 fn rust_without_frame_pointers() {
     let exe = fixture::build_rust("chain-rust", "chain.rs", RUST_NO_FP);
     check(&sample(&exe, 40), RUST_CHAIN, 0);

@@ -7,8 +7,8 @@ use gimli::{
     EndianSlice, LittleEndian, RegisterRule, UnwindContext, UnwindSection, UnwindTableRow, X86_64,
 };
 use profiler_common::unwind::{
-    UnwindRow, CFA_END_OF_STACK, CFA_PLT, CFA_RBP, CFA_RSP, CFA_UNSUPPORTED, RBP_AT_CFA,
-    RBP_UNCHANGED,
+    UnwindRow, CFA_END_OF_STACK, CFA_PLT, CFA_RBP, CFA_RSP, CFA_SIGNAL_FRAME, CFA_UNSUPPORTED,
+    RBP_AT_CFA, RBP_UNCHANGED,
 };
 use std::collections::HashMap;
 
@@ -58,13 +58,21 @@ pub(super) fn collect_spans(
         };
         fde_spans.clear();
         unsupported.clear();
+        let signal_frame = fde.is_signal_trampoline();
         let evaluated = (|| -> gimli::Result<()> {
             let mut rows = fde.rows(&section, &bases, &mut ctx)?;
             while let Some(row) = rows.next_row()? {
                 if fde_spans.len() >= span_limit {
                     return Err(gimli::Error::StackFull);
                 }
-                let rule = rule_of(row, &section).unwrap_or_else(|why| {
+                // A signal trampoline's CFI describes the kernel's frame layout with
+                // expressions; the kernel's layout is fixed, so one kind covers it.
+                let rule = if signal_frame {
+                    Ok(UnwindRow::new(0, CFA_SIGNAL_FRAME, 0, RBP_UNCHANGED, 0))
+                } else {
+                    rule_of(row, &section)
+                };
+                let rule = rule.unwrap_or_else(|why| {
                     unsupported.push(why);
                     UnwindRow::new(0, CFA_UNSUPPORTED, 0, RBP_UNCHANGED, 0)
                 });
@@ -89,6 +97,7 @@ pub(super) fn collect_spans(
         }
         stats.cfi_rows += fde_spans.len();
         stats.plt_rows += fde_spans.iter().filter(|s| s.rule.cfa_kind() == CFA_PLT).count();
+        stats.signal_frame_rows += fde_spans.iter().filter(|s| s.rule.cfa_kind() == CFA_SIGNAL_FRAME).count();
         for why in &unsupported {
             let counter = match why {
                 Unsupported::CfaExpression => &mut stats.unsupported.cfa_expression,

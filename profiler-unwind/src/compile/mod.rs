@@ -65,6 +65,7 @@ pub struct CompileStats {
     pub cfi_rows: usize,
     pub unsupported: UnsupportedStats,
     pub plt_rows: usize,
+    pub signal_frame_rows: usize,
 }
 
 /// CFI rows that became `CFA_UNSUPPORTED`, by cause.
