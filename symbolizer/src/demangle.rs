@@ -21,15 +21,47 @@ fn demangle_cpp(name: &str) -> Option<String> {
         Some(i) if i > 2 => name.split_at(i),
         _ => (name, ""),
     };
-    let sym = cpp_demangle::Symbol::new(core).ok()?;
-    let opts = cpp_demangle::DemangleOptions::default();
-    let mut out = sym.demangle(&opts).ok()?;
+    let mut out = itanium(core)?;
+    if let Some(fixed) = fix_template_constructor(core, &out) {
+        out = fixed;
+    }
     if !suffix.is_empty() {
         out.push_str(" [clone ");
         out.push_str(suffix);
         out.push(']');
     }
     Some(out)
+}
+
+fn itanium(mangled: &str) -> Option<String> {
+    let sym = cpp_demangle::Symbol::new(mangled).ok()?;
+    sym.demangle(&cpp_demangle::DemangleOptions::default()).ok()
+}
+
+/// cpp_demangle (0.4 and 0.5) reads the first parameter of a templated constructor or
+/// destructor (`C1I...E`) as a return type, which such functions do not have, and drops it.
+/// Inserting an explicit `v` return type after the name makes it parse the real parameters.
+/// The insertion point is where the name ends: the candidate whose output keeps the same name
+/// and gains exactly one leading parameter.
+fn fix_template_constructor(mangled: &str, out: &str) -> Option<String> {
+    let b = mangled.as_bytes();
+    let is_ctor_template = b.windows(3).any(|w| matches!(w[0], b'C' | b'D') && w[1].is_ascii_digit() && w[2] == b'I');
+    if !is_ctor_template {
+        return None;
+    }
+    let (name, params) = out.rsplit_once('(').filter(|(_, p)| p.ends_with(')'))?;
+    let params = params.strip_suffix(')')?;
+    for p in (3..b.len()).filter(|&p| b[p - 1] == b'E').take(64) {
+        let candidate = format!("{}v{}", &mangled[..p], &mangled[p..]);
+        let Some(fixed) = itanium(&candidate) else { continue };
+        let Some((fname, fparams)) = fixed.rsplit_once('(') else { continue };
+        let fparams = fparams.strip_suffix(')').unwrap_or(fparams);
+        let gained_one = if params.is_empty() { !fparams.is_empty() && !fparams.contains(", ") } else { fparams.ends_with(&format!(", {params}")) };
+        if fname == name && gained_one {
+            return Some(fixed);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -56,6 +88,11 @@ mod tests {
         assert_eq!(demangle("_ZN3foo3barEv"), "foo::bar()");
         assert_eq!(demangle("_Z3addii"), "add(int, int)");
         assert_eq!(demangle("_ZNSt6vectorIiSaIiEE9push_backERKi"), "std::vector<int, std::allocator<int> >::push_back(int const&)");
+        // A templated constructor: the first parameter must not be taken for a return type.
+        assert_eq!(
+            demangle("_ZNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEC1IS3_EEPKcRKS3_"),
+            "std::__cxx11::basic_string<char, std::char_traits<char>, std::allocator<char> >::basic_string<std::allocator<char> >(char const*, std::allocator<char> const&)"
+        );
     }
 
     #[test]

@@ -104,11 +104,6 @@ fn explain(ours: &Option<String>, theirs: &Option<String>, zero_size_elsewhere: 
         // llvm-symbolizer extends a zero-size symbol (`_init` in .init) to the next symbol even
         // across sections (into .plt); we stop at the section end.
         (None, Some(_)) if zero_size_elsewhere => Some("zero-size symbol across a section end"),
-        // cpp_demangle (0.4 and 0.5) treats the first parameter of a templated constructor
-        // (`C1I...E`) as a return type and hides it.
-        (Some(o), Some(t)) if o.split('(').next() == t.split('(').next() && o.len() < t.len() => {
-            Some("cpp_demangle hides a templated constructor's first parameter")
-        }
         _ => None,
     }
 }
