@@ -40,6 +40,10 @@ pub const UCONTEXT_RBP: u64 = 40 + 8 * 10;
 pub const UCONTEXT_RSP: u64 = 40 + 8 * 15;
 pub const UCONTEXT_RIP: u64 = 40 + 8 * 16;
 
+/// Flag in `UnwindRow::kinds`: `cfa_offset` counts 8-byte words, not bytes. Lets 16 bits
+/// describe frames up to 512 KiB (big stack arrays); smaller offsets use bytes.
+pub const CFA_OFFSET_X8: u8 = 0x80;
+
 /// The caller's rbp equals the current rbp (not saved, or not yet clobbered).
 pub const RBP_UNCHANGED: u8 = 0;
 /// The caller's rbp is saved at CFA + 8 * `rbp_offset`.
@@ -56,24 +60,44 @@ pub const RBP_AT_CFA: u8 = 1;
 pub struct UnwindRow {
     /// First PC this row covers, relative to [`UnwindTableInfo::pc_base`].
     pub pc: u32,
-    /// Offset added to the CFA base register (0..=65535 bytes). For [`CFA_PLT`], the threshold
-    /// on `pc & 15`.
+    /// Offset added to the CFA base register: bytes, or 8-byte words with [`CFA_OFFSET_X8`]
+    /// (use [`UnwindRow::cfa_offset_bytes`]). For [`CFA_PLT`], the threshold on `pc & 15`.
     pub cfa_offset: u16,
     /// Where the caller's rbp is saved, in 8-byte units from the CFA (for [`RBP_AT_CFA`]).
     pub rbp_offset: i8,
-    /// Low nibble: `CFA_*`; high nibble: `RBP_*`.
+    /// Bits 0-3: `CFA_*`; bits 4-6: `RBP_*`; bit 7: [`CFA_OFFSET_X8`].
     pub kinds: u8,
 }
 
 impl UnwindRow {
+    /// A row with `cfa_offset` in bytes.
     pub const fn new(pc: u32, cfa_kind: u8, cfa_offset: u16, rbp_kind: u8, rbp_offset: i8) -> Self {
-        UnwindRow { pc, cfa_offset, rbp_offset, kinds: (cfa_kind & 0x0f) | (rbp_kind << 4) }
+        UnwindRow { pc, cfa_offset, rbp_offset, kinds: (cfa_kind & 0x0f) | ((rbp_kind & 0x07) << 4) }
+    }
+    /// A row for a CFA offset of `bytes`, in whichever unit fits; `None` if none does.
+    pub const fn with_cfa_offset(pc: u32, cfa_kind: u8, bytes: u64, rbp_kind: u8, rbp_offset: i8) -> Option<Self> {
+        if bytes <= u16::MAX as u64 {
+            return Some(Self::new(pc, cfa_kind, bytes as u16, rbp_kind, rbp_offset));
+        }
+        if bytes % 8 != 0 || bytes / 8 > u16::MAX as u64 {
+            return None;
+        }
+        let row = Self::new(pc, cfa_kind, (bytes / 8) as u16, rbp_kind, rbp_offset);
+        Some(UnwindRow { kinds: row.kinds | CFA_OFFSET_X8, ..row })
     }
     pub const fn cfa_kind(&self) -> u8 {
         self.kinds & 0x0f
     }
     pub const fn rbp_kind(&self) -> u8 {
-        self.kinds >> 4
+        (self.kinds >> 4) & 0x07
+    }
+    /// The CFA offset in bytes (at most 65535 * 8).
+    pub const fn cfa_offset_bytes(&self) -> u64 {
+        if self.kinds & CFA_OFFSET_X8 != 0 {
+            self.cfa_offset as u64 * 8
+        } else {
+            self.cfa_offset as u64
+        }
     }
     /// The same rule at another PC; used to merge and compare rows.
     pub const fn same_rule(&self, other: &UnwindRow) -> bool {

@@ -18,7 +18,7 @@ pub fn step(
     if row.cfa_kind() == CFA_SIGNAL_FRAME {
         return signal_step(regs, read_u64);
     }
-    let offset = u64::from(row.cfa_offset);
+    let offset = row.cfa_offset_bytes();
     let cfa = match row.cfa_kind() {
         CFA_RSP => regs.rsp.checked_add(offset),
         CFA_RBP => regs.rbp.checked_add(offset),
@@ -134,6 +134,19 @@ mod tests {
         assert_eq!(step(&at_start, &row, mem(0x7000, &[0x40_0002])).unwrap().rsp, 0x7008);
         let after_push = Regs { rip: 0x102b, rsp: 0x7000, rbp: 0 };
         assert_eq!(step(&after_push, &row, mem(0x7000, &stack)).unwrap().rip, 0x40_0001);
+    }
+
+    #[test]
+    fn large_frames() {
+        // A 256 KiB frame: CFA = rsp + 0x40008, stored in 8-byte words.
+        let row = UnwindRow::with_cfa_offset(0, CFA_RSP, 0x4_0008, RBP_UNCHANGED, 0).unwrap();
+        assert_eq!((row.cfa_offset, row.cfa_offset_bytes(), row.cfa_kind(), row.rbp_kind()), (0x8001, 0x4_0008, CFA_RSP, 0));
+        let regs = Regs { rip: 0x1000, rsp: 0x10_0000, rbp: 0 };
+        let up = step(&regs, &row, |a| (a == 0x14_0000).then_some(0x40_1000)).unwrap();
+        assert_eq!(up.rsp, 0x14_0008);
+        assert_eq!(UnwindRow::with_cfa_offset(0, CFA_RSP, 0x4_0004, 0, 0), None);
+        assert_eq!(UnwindRow::with_cfa_offset(0, CFA_RSP, 8 << 16, 0, 0), None);
+        assert_eq!(UnwindRow::with_cfa_offset(0, CFA_RSP, 65535, 0, 0).unwrap().cfa_offset_bytes(), 65535);
     }
 
     #[test]

@@ -144,11 +144,11 @@ fn rule_of(row: &UnwindTableRow<usize>, section: &EhFrame<Reader<'_>>) -> Result
                 X86_64::RBP => CFA_RBP,
                 _ => return Err(Unsupported::CfaRegister),
             };
-            (kind, u16::try_from(*offset).map_err(|_| Unsupported::CfaOffset)?)
+            (kind, u64::try_from(*offset).map_err(|_| Unsupported::CfaOffset)?)
         }
         CfaRule::Expression(expr) => {
             let threshold = expr.get(section).ok().and_then(|e| plt_threshold(e.0.slice()));
-            (CFA_PLT, threshold.ok_or(Unsupported::CfaExpression)?)
+            (CFA_PLT, u64::from(threshold.ok_or(Unsupported::CfaExpression)?))
         }
     };
     // Callee-saved rbp: no rule (or same value) means it still holds the caller's value.
@@ -159,7 +159,7 @@ fn rule_of(row: &UnwindTableRow<usize>, section: &EhFrame<Reader<'_>>) -> Result
         }
         Some(_) => return Err(Unsupported::Rbp),
     };
-    Ok(UnwindRow::new(0, cfa_kind, cfa_offset, rbp_kind, rbp_offset))
+    UnwindRow::with_cfa_offset(0, cfa_kind, cfa_offset, rbp_kind, rbp_offset).ok_or(Unsupported::CfaOffset)
 }
 
 /// Recognizes the CFA expression that linkers emit for PLT entries:

@@ -75,7 +75,8 @@ pub struct UnsupportedStats {
     pub cfa_expression: usize,
     /// CFA based on a register other than rsp or rbp (e.g. stack realignment through r10).
     pub cfa_register: usize,
-    /// Frames of 64 KiB or more.
+    /// Negative CFA offsets, and frames of 512 KiB or more (or of 64 KiB or more and not a
+    /// multiple of 8 bytes).
     pub cfa_offset: usize,
     pub return_address: usize,
     pub rbp: usize,
