@@ -46,4 +46,4 @@ pub use store::{Placement, StoreError, TableStore};
 #[cfg(feature = "std")]
 pub use mapping::{load_segments, lpm_blocks, mapping_bias, LoadSegment};
 #[cfg(feature = "std")]
-pub use compile::{compile_eh_frame, compile_elf, CompileOptions, CompileStats, CompiledTable, Error, SectionAddrs, UnsupportedStats};
+pub use compile::{compile_cfi, compile_eh_frame, compile_elf, CfiSection, CompileOptions, CompileStats, CompiledTable, Error, SectionAddrs, UnsupportedStats};

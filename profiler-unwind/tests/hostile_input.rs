@@ -5,7 +5,9 @@ mod common;
 
 use object::{Object, ObjectSection};
 use profiler_common::unwind::CFA_NOT_COVERED;
-use profiler_unwind::{compile_eh_frame, compile_elf, CompileOptions, CompiledTable, Error, SectionAddrs};
+use profiler_unwind::{
+    compile_cfi, compile_eh_frame, compile_elf, CfiSection, CompileOptions, CompiledTable, Error, SectionAddrs,
+};
 
 struct Rng(u64);
 
@@ -115,6 +117,28 @@ fn mutated_eh_frame_of_fixture() {
 fn mutated_eh_frame_of_system_binary() {
     let (ok, err) = fuzz_eh_frame("/usr/bin/true", 3000, 2);
     eprintln!("/usr/bin/true: {ok} ok, {err} errors");
+}
+
+#[test]
+fn mutated_debug_frame() {
+    let units: &[(&str, &[&str])] =
+        &[("chain_main.c", common::fixture::DEBUG_FRAME_ONLY), ("chain_middle.c", common::fixture::DEBUG_FRAME_ONLY)];
+    let exe = common::fixture::build("chain-hostile-debug-frame", units);
+    let data = std::fs::read(exe).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    let section = file.section_by_name(".debug_frame").unwrap().data().unwrap().to_vec();
+    let opts = CompileOptions { max_rows: 5000 };
+    let clean = compile_cfi(&section, CfiSection::DebugFrame, &SectionAddrs::default(), &opts).unwrap();
+    assert!(clean.rows.len() > 5);
+    let mut rng = Rng(5);
+    let mut ok = 0;
+    for _ in 0..10_000 {
+        if let Ok(table) = compile_cfi(&mutate(&mut rng, &section), CfiSection::DebugFrame, &SectionAddrs::default(), &opts) {
+            check_table(&table, &opts);
+            ok += 1;
+        }
+    }
+    assert!(ok > 0);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 mod common;
 
 use common::capture::sample_process;
-use common::fixture::{self, FP_NO_CFI, OMIT_FP, RUST_NO_FP};
+use common::fixture::{self, DEBUG_FRAME_ONLY, FP_NO_CFI, OMIT_FP, RUST_NO_FP};
 use common::process::{Binaries, Stack};
 use profiler_unwind::StopReason;
 
@@ -72,6 +72,13 @@ fn c_non_pie_and_static() {
     let exe = fixture::build_linked("chain-nopie", units, &["-no-pie"]);
     check(&sample(&exe, 20), C_CHAIN, 0);
     let exe = fixture::build_linked("chain-static", units, &["-static"]);
+    check(&sample(&exe, 20), C_CHAIN, 0);
+}
+
+#[test]
+fn c_with_debug_frame_only() {
+    let units: &[(&str, &[&str])] = &[("chain_main.c", DEBUG_FRAME_ONLY), ("chain_middle.c", DEBUG_FRAME_ONLY)];
+    let exe = fixture::build("chain-debug-frame", units);
     check(&sample(&exe, 20), C_CHAIN, 0);
 }
 

@@ -1,10 +1,11 @@
-//! Evaluates `.eh_frame` CFI with gimli and turns each CFI row into a compact rule.
+//! Evaluates `.eh_frame` (or `.debug_frame`) CFI with gimli and turns each CFI row into a
+//! compact rule.
 
 use super::{CompileOptions, CompileStats, Error, SectionAddrs};
 use super::layout::Span;
 use gimli::{
-    BaseAddresses, CfaRule, CieOrFde, CommonInformationEntry, EhFrame, EhFrameOffset,
-    EndianSlice, LittleEndian, RegisterRule, UnwindContext, UnwindSection, UnwindTableRow, X86_64,
+    BaseAddresses, CfaRule, CieOrFde, CommonInformationEntry, DebugFrame, EhFrame, EndianSlice,
+    LittleEndian, RegisterRule, UnwindContext, UnwindOffset, UnwindSection, UnwindTableRow, X86_64,
 };
 use profiler_common::unwind::{
     UnwindRow, CFA_END_OF_STACK, CFA_PLT, CFA_RBP, CFA_RSP, CFA_SIGNAL_FRAME, CFA_UNSUPPORTED,
@@ -14,15 +15,24 @@ use std::collections::HashMap;
 
 type Reader<'a> = EndianSlice<'a, LittleEndian>;
 
+/// Which CFI section the bytes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CfiSection {
+    /// `.eh_frame`: pointer encodings relative to the section's address and friends.
+    EhFrame,
+    /// `.debug_frame`: absolute addresses, CIE pointers as section offsets. Found in binaries
+    /// built without unwind tables but with `-g`, and in Go binaries.
+    DebugFrame,
+}
+
 /// Every CFI row of every FDE as an address span with its rule, in section order.
 pub(super) fn collect_spans(
     data: &[u8],
+    kind: CfiSection,
     addrs: &SectionAddrs,
     opts: &CompileOptions,
     stats: &mut CompileStats,
 ) -> Result<Vec<Span>, Error> {
-    let mut section = EhFrame::new(data, LittleEndian);
-    section.set_address_size(8);
     let mut bases = BaseAddresses::default().set_eh_frame(addrs.eh_frame);
     if let Some(text) = addrs.text {
         bases = bases.set_text(text);
@@ -30,15 +40,36 @@ pub(super) fn collect_spans(
     if let Some(got) = addrs.got {
         bases = bases.set_got(got);
     }
+    match kind {
+        CfiSection::EhFrame => {
+            let mut section = EhFrame::new(data, LittleEndian);
+            section.set_address_size(8);
+            collect_from(&section, &bases, addrs, opts, stats)
+        }
+        CfiSection::DebugFrame => {
+            let mut section = DebugFrame::new(data, LittleEndian);
+            section.set_address_size(8);
+            collect_from(&section, &bases, addrs, opts, stats)
+        }
+    }
+}
+
+fn collect_from<'a, S: UnwindSection<Reader<'a>>>(
+    section: &S,
+    bases: &BaseAddresses,
+    addrs: &SectionAddrs,
+    opts: &CompileOptions,
+    stats: &mut CompileStats,
+) -> Result<Vec<Span>, Error> {
     // Before merging there can be more CFI rows than table rows; bound them too.
     let span_limit = opts.max_rows.saturating_mul(4);
     let mut spans = Vec::new();
     let mut fde_spans = Vec::new();
     let mut unsupported = Vec::new();
-    let mut cies: HashMap<usize, CommonInformationEntry<Reader<'_>>> = HashMap::new();
+    let mut cies: HashMap<usize, CommonInformationEntry<Reader<'a>>> = HashMap::new();
     // UnwindContext is a few KiB; reused for every FDE.
     let mut ctx = Box::new(UnwindContext::new());
-    let mut entries = section.entries(&bases);
+    let mut entries = section.entries(bases);
     while let Some(entry) = entries.next()? {
         let partial = match entry {
             CieOrFde::Cie(cie) => {
@@ -48,7 +79,7 @@ pub(super) fn collect_spans(
             CieOrFde::Fde(partial) => partial,
         };
         stats.fdes += 1;
-        let fde = partial.parse(|section, bases, offset: EhFrameOffset| match cies.get(&offset.0) {
+        let fde = partial.parse(|section, bases, offset| match cies.get(&UnwindOffset::into(offset)) {
             Some(cie) => Ok(cie.clone()),
             None => section.cie_from_offset(bases, offset),
         });
@@ -60,7 +91,7 @@ pub(super) fn collect_spans(
         unsupported.clear();
         let signal_frame = fde.is_signal_trampoline();
         let evaluated = (|| -> gimli::Result<()> {
-            let mut rows = fde.rows(&section, &bases, &mut ctx)?;
+            let mut rows = fde.rows(section, bases, &mut ctx)?;
             while let Some(row) = rows.next_row()? {
                 if fde_spans.len() >= span_limit {
                     return Err(gimli::Error::StackFull);
@@ -70,7 +101,7 @@ pub(super) fn collect_spans(
                 let rule = if signal_frame {
                     Ok(UnwindRow::new(0, CFA_SIGNAL_FRAME, 0, RBP_UNCHANGED, 0))
                 } else {
-                    rule_of(row, &section)
+                    rule_of(row, section)
                 };
                 let rule = rule.unwrap_or_else(|why| {
                     unsupported.push(why);
@@ -129,7 +160,10 @@ pub(super) enum Unsupported {
 }
 
 /// The compact rule for one CFI row (pc left at 0).
-fn rule_of(row: &UnwindTableRow<usize>, section: &EhFrame<Reader<'_>>) -> Result<UnwindRow, Unsupported> {
+fn rule_of<'a, S: UnwindSection<Reader<'a>>>(
+    row: &UnwindTableRow<usize>,
+    section: &S,
+) -> Result<UnwindRow, Unsupported> {
     // The return address column: undefined marks the outermost frame; anything but
     // "saved at CFA - 8" breaks the assumption every row relies on.
     match row.register(X86_64::RA) {

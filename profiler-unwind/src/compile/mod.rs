@@ -7,6 +7,7 @@ mod cfi;
 mod elf;
 mod layout;
 
+pub use cfi::CfiSection;
 pub use elf::compile_elf;
 
 use crate::search::{find_row, table_pc};
@@ -19,8 +20,10 @@ pub enum Error {
     Object(#[from] object::Error),
     #[error("not an x86-64 little-endian ELF file")]
     UnsupportedArch,
-    #[error("no .eh_frame section")]
+    #[error("no .eh_frame or .debug_frame section")]
     NoEhFrame,
+    #[error(".debug_frame would decompress to {0} bytes")]
+    SectionTooLarge(u64),
     #[error("malformed .eh_frame: {0}")]
     Cfi(#[from] gimli::Error),
     #[error("table would exceed {limit} rows")]
@@ -126,8 +129,34 @@ pub fn compile_eh_frame(
     addrs: &SectionAddrs,
     opts: &CompileOptions,
 ) -> Result<CompiledTable, Error> {
+    compile_cfi(eh_frame, CfiSection::EhFrame, addrs, opts)
+}
+
+/// Compiles raw CFI of either section kind (`addrs.eh_frame` is unused for `.debug_frame`).
+pub fn compile_cfi(
+    data: &[u8],
+    kind: CfiSection,
+    addrs: &SectionAddrs,
+    opts: &CompileOptions,
+) -> Result<CompiledTable, Error> {
+    compile_sections(&[(data, kind)], addrs, opts)
+}
+
+/// One table from several CFI sections; where they overlap, the earlier section wins.
+fn compile_sections(
+    sections: &[(&[u8], CfiSection)],
+    addrs: &SectionAddrs,
+    opts: &CompileOptions,
+) -> Result<CompiledTable, Error> {
     let mut stats = CompileStats::default();
-    let spans = cfi::collect_spans(eh_frame, addrs, opts, &mut stats)?;
+    let mut spans = Vec::new();
+    for &(data, kind) in sections {
+        let more = cfi::collect_spans(data, kind, addrs, opts, &mut stats)?;
+        if spans.len() + more.len() > opts.max_rows.saturating_mul(4) {
+            return Err(Error::TooManyRows { limit: opts.max_rows });
+        }
+        spans.extend(more);
+    }
     let (pc_base, rows) = layout::lay_out(spans, opts.max_rows)?;
     Ok(CompiledTable { pc_base, rows, stats })
 }

@@ -8,6 +8,9 @@ pub const OMIT_FP: &[&str] = &["-O2", "-g", "-fomit-frame-pointer"];
 /// No CFI at all, but frame pointers: the walker must bridge such code with the rbp chain.
 pub const FP_NO_CFI: &[&str] =
     &["-O2", "-fno-omit-frame-pointer", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables"];
+/// CFI only in `.debug_frame` (the C runtime still brings some `.eh_frame`).
+pub const DEBUG_FRAME_ONLY: &[&str] =
+    &["-O2", "-g", "-fomit-frame-pointer", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables"];
 /// A Rust release build without frame pointers.
 pub const RUST_NO_FP: &[&str] = &["-C", "opt-level=2", "-C", "force-frame-pointers=no"];
 
