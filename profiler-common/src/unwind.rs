@@ -75,11 +75,17 @@ impl UnwindRow {
         UnwindRow { pc, cfa_offset, rbp_offset, kinds: (cfa_kind & 0x0f) | ((rbp_kind & 0x07) << 4) }
     }
     /// A row for a CFA offset of `bytes`, in whichever unit fits; `None` if none does.
-    pub const fn with_cfa_offset(pc: u32, cfa_kind: u8, bytes: u64, rbp_kind: u8, rbp_offset: i8) -> Option<Self> {
+    pub const fn with_cfa_offset(
+        pc: u32,
+        cfa_kind: u8,
+        bytes: u64,
+        rbp_kind: u8,
+        rbp_offset: i8,
+    ) -> Option<Self> {
         if bytes <= u16::MAX as u64 {
             return Some(Self::new(pc, cfa_kind, bytes as u16, rbp_kind, rbp_offset));
         }
-        if bytes % 8 != 0 || bytes / 8 > u16::MAX as u64 {
+        if !bytes.is_multiple_of(8) || bytes / 8 > u16::MAX as u64 {
             return None;
         }
         let row = Self::new(pc, cfa_kind, (bytes / 8) as u16, rbp_kind, rbp_offset);

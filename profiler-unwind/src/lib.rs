@@ -42,8 +42,11 @@ pub use step::{fp_step, step};
 pub use walk::{next_frame, unwind, Caller, Unwound};
 
 #[cfg(feature = "std")]
-pub use store::{Placement, StoreError, TableStore};
+pub use compile::{
+    compile_cfi, compile_eh_frame, compile_elf, CfiSection, CompileOptions, CompileStats, CompiledTable,
+    Error, SectionAddrs, UnsupportedStats,
+};
 #[cfg(feature = "std")]
 pub use mapping::{load_segments, lpm_blocks, mapping_bias, LoadSegment};
 #[cfg(feature = "std")]
-pub use compile::{compile_cfi, compile_eh_frame, compile_elf, CfiSection, CompileOptions, CompileStats, CompiledTable, Error, SectionAddrs, UnsupportedStats};
+pub use store::{Placement, StoreError, TableStore};

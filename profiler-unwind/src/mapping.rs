@@ -36,11 +36,8 @@ pub fn load_segments(elf: &[u8]) -> Result<Vec<LoadSegment>, object::Error> {
 pub fn mapping_bias(start: u64, len: u64, offset: u64, segments: &[LoadSegment]) -> Option<u64> {
     let end = offset.checked_add(len)?;
     let overlaps = |s: &&LoadSegment| s.offset < end && offset < s.offset.saturating_add(s.file_size);
-    let seg = segments
-        .iter()
-        .filter(overlaps)
-        .find(|s| s.executable)
-        .or_else(|| segments.iter().find(overlaps))?;
+    let seg =
+        segments.iter().filter(overlaps).find(|s| s.executable).or_else(|| segments.iter().find(overlaps))?;
     Some(start.wrapping_sub(offset).wrapping_add(seg.offset).wrapping_sub(seg.vaddr))
 }
 

@@ -1,9 +1,8 @@
 //! One frame up: apply a row's rules, or follow the frame-pointer chain.
 
 use profiler_common::unwind::{
-    StopReason, UnwindRegs as Regs, UnwindRow, CFA_END_OF_STACK, CFA_NOT_COVERED, CFA_PLT,
-    CFA_RBP, CFA_RSP, CFA_SIGNAL_FRAME, RBP_AT_CFA, RBP_UNCHANGED, UCONTEXT_RBP, UCONTEXT_RIP,
-    UCONTEXT_RSP,
+    StopReason, UnwindRegs as Regs, UnwindRow, CFA_END_OF_STACK, CFA_NOT_COVERED, CFA_PLT, CFA_RBP, CFA_RSP,
+    CFA_SIGNAL_FRAME, RBP_AT_CFA, RBP_UNCHANGED, UCONTEXT_RBP, UCONTEXT_RIP, UCONTEXT_RSP,
 };
 
 /// The caller's registers according to `row`, which must be the row covering `regs.rip`.
@@ -140,7 +139,10 @@ mod tests {
     fn large_frames() {
         // A 256 KiB frame: CFA = rsp + 0x40008, stored in 8-byte words.
         let row = UnwindRow::with_cfa_offset(0, CFA_RSP, 0x4_0008, RBP_UNCHANGED, 0).unwrap();
-        assert_eq!((row.cfa_offset, row.cfa_offset_bytes(), row.cfa_kind(), row.rbp_kind()), (0x8001, 0x4_0008, CFA_RSP, 0));
+        assert_eq!(
+            (row.cfa_offset, row.cfa_offset_bytes(), row.cfa_kind(), row.rbp_kind()),
+            (0x8001, 0x4_0008, CFA_RSP, 0)
+        );
         let regs = Regs { rip: 0x1000, rsp: 0x10_0000, rbp: 0 };
         let up = step(&regs, &row, |a| (a == 0x14_0000).then_some(0x40_1000)).unwrap();
         assert_eq!(up.rsp, 0x14_0008);
@@ -157,7 +159,10 @@ mod tests {
         uc[16 + 5] = 0x40_4242; // rip
         let regs = Regs { rip: 0x1000, rsp: 0x7000, rbp: 1 };
         let row = UnwindRow::new(0, CFA_SIGNAL_FRAME, 0, RBP_UNCHANGED, 0);
-        assert_eq!(step(&regs, &row, mem(0x7000, &uc)), Ok(Regs { rip: 0x40_4242, rsp: 0x7200, rbp: 0x7100 }));
+        assert_eq!(
+            step(&regs, &row, mem(0x7000, &uc)),
+            Ok(Regs { rip: 0x40_4242, rsp: 0x7200, rbp: 0x7100 })
+        );
         assert_eq!(step(&regs, &row, mem(0x7000, &uc[..21])), Err(StopReason::ReadFailure));
         let high = Regs { rsp: u64::MAX - 100, ..regs };
         assert_eq!(step(&high, &row, |_| Some(1)), Err(StopReason::BadFrame));
@@ -183,7 +188,10 @@ mod tests {
         let high = Regs { rsp: u64::MAX - 4, ..regs };
         assert_eq!(step(&high, &UnwindRow::new(0, CFA_RSP, 8, 0, 0), read), Err(StopReason::BadFrame));
         assert_eq!(step(&regs, &UnwindRow::new(0, CFA_RSP, 8, 0, 0), |_| None), Err(StopReason::ReadFailure));
-        assert_eq!(step(&regs, &UnwindRow::new(0, CFA_RSP, 8, 0, 0), |_| Some(0)), Err(StopReason::EndOfStack));
+        assert_eq!(
+            step(&regs, &UnwindRow::new(0, CFA_RSP, 8, 0, 0), |_| Some(0)),
+            Err(StopReason::EndOfStack)
+        );
         assert_eq!(step(&regs, &UnwindRow::new(0, CFA_RSP, 8, 7, 0), read), Err(StopReason::UnsupportedRow));
     }
 
@@ -198,7 +206,7 @@ mod tests {
         assert_eq!(fp_step(&Regs { rbp: 0, ..regs }, |_| Some(1)), Err(StopReason::EndOfStack));
         assert_eq!(fp_step(&Regs { rbp: 0x6000, ..regs }, |_| Some(1)), Err(StopReason::BadFrame));
         assert_eq!(fp_step(&Regs { rbp: 0x7004, ..regs }, |_| Some(1)), Err(StopReason::BadFrame));
-        assert_eq!(fp_step(&Regs { rbp: u64::MAX & !7, ..regs }, |_| Some(1)), Err(StopReason::BadFrame));
+        assert_eq!(fp_step(&Regs { rbp: !7, ..regs }, |_| Some(1)), Err(StopReason::BadFrame));
         assert_eq!(fp_step(&Regs { rbp: u64::MAX - 15, ..regs }, |_| Some(1)), Err(StopReason::BadFrame));
         assert_eq!(fp_step(&regs, |_| None), Err(StopReason::ReadFailure));
     }

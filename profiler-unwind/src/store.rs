@@ -156,10 +156,7 @@ mod tests {
         assert_eq!((a2.table_id, a2.shared), (a.table_id, true));
         let b = store.insert(&"exe", &table(50)).unwrap();
         assert_eq!(b.info.first_row, 40);
-        assert_eq!(
-            store.insert(&"big", &table(20)),
-            Err(StoreError::OutOfRows { rows: 20, free: 10 })
-        );
+        assert_eq!(store.insert(&"big", &table(20)), Err(StoreError::OutOfRows { rows: 20, free: 10 }));
         assert!(!store.release(a.table_id));
         assert!(store.release(a.table_id));
         assert_eq!(store.free_rows(), 50);

@@ -5,9 +5,7 @@
 //! so the per-frame logic is [`next_frame`], which a `bpf_loop` callback can call directly.
 
 use crate::step::{fp_step, step};
-use profiler_common::unwind::{
-    StopReason, UnwindRegs as Regs, UnwindRow, CFA_NOT_COVERED, CFA_SIGNAL_FRAME,
-};
+use profiler_common::unwind::{StopReason, UnwindRegs as Regs, UnwindRow, CFA_NOT_COVERED, CFA_SIGNAL_FRAME};
 
 /// One step up the stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,10 +146,7 @@ mod tests {
         let got = unwind(regs, lookup, memory(&mem), 16, &mut frames);
         // Frames 0 and 2 are Go code, unwound by frame pointers.
         assert_eq!(got, Unwound { depth: 4, stop: StopReason::EndOfStack, fp_frames: 2 });
-        assert_eq!(
-            frames[..4],
-            [0x90_0000, TABLE_START + 0x151, 0x90_0100, TABLE_START + 0x801]
-        );
+        assert_eq!(frames[..4], [0x90_0000, TABLE_START + 0x151, 0x90_0100, TABLE_START + 0x801]);
     }
 
     #[test]
@@ -185,13 +180,13 @@ mod tests {
     fn depth_limits() {
         // A self-referencing frame-pointer loop cannot spin: rsp must grow every frame.
         let regs = Regs { rip: 0x90_0000, rsp: 0x6ff0, rbp: 0x7000 };
-        let looping = |addr: u64| Some(if addr % 16 == 0 { addr } else { 0x90_0000 });
+        let looping = |addr: u64| Some(if addr.is_multiple_of(16) { addr } else { 0x90_0000 });
         let mut frames = [0u64; 8];
         let got = unwind(regs, lookup, looping, 8, &mut frames);
         assert_eq!(got.stop, StopReason::NoTable);
         assert_eq!(got.depth, 2);
         // An endless but growing chain hits the depth limit.
-        let growing = |addr: u64| Some(if addr % 16 == 0 { addr + 16 } else { 0x90_0000 });
+        let growing = |addr: u64| Some(if addr.is_multiple_of(16) { addr + 16 } else { 0x90_0000 });
         let got = unwind(regs, lookup, growing, 5, &mut frames);
         assert_eq!(got, Unwound { depth: 5, stop: StopReason::DepthLimit, fp_frames: 4 });
         assert_eq!(unwind(regs, lookup, growing, 100, &mut frames).depth, 8);
@@ -213,7 +208,13 @@ mod tests {
         for _ in 0..2000 {
             let rows: [UnwindRow; 4] = core::array::from_fn(|i| {
                 let r = rand();
-                UnwindRow::new(i as u32 * 0x40, (r & 7) as u8, (r >> 8) as u16, ((r >> 24) & 3) as u8, (r >> 32) as i8)
+                UnwindRow::new(
+                    i as u32 * 0x40,
+                    (r & 7) as u8,
+                    (r >> 8) as u16,
+                    ((r >> 24) & 3) as u8,
+                    (r >> 32) as i8,
+                )
             });
             let lookup = |pc: u64| -> Result<Option<UnwindRow>, StopReason> {
                 if pc & 0x100 != 0 {
@@ -224,7 +225,7 @@ mod tests {
             let seed = rand();
             let read = |addr: u64| {
                 let x = (addr ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                (x % 7 != 0).then_some(x >> (x & 31))
+                (!x.is_multiple_of(7)).then_some(x >> (x & 31))
             };
             let start = Regs { rip: rand(), rsp: rand() >> 1, rbp: rand() >> 1 };
             let mut frames = [0u64; 64];

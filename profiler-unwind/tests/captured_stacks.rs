@@ -54,10 +54,30 @@ fn truncated_captures_fail_cleanly() {
 fn record_captured_stacks() {
     const SIGNAL: &[&str] = &["-O2", "-g", "-fomit-frame-pointer", "-DWITH_SIGNAL"];
     let fixtures = [
-        ("c-nofp", fixture::build("chain-nofp", &[("chain_main.c", OMIT_FP), ("chain_middle.c", OMIT_FP)]), "C, -O2 -fomit-frame-pointer", ""),
-        ("c-mixed", fixture::build("chain-mixed", &[("chain_main.c", OMIT_FP), ("chain_middle.c", FP_NO_CFI)]), "C, middle() without CFI but with frame pointers", ""),
-        ("c-signal", fixture::build("chain-signal", &[("chain_main.c", SIGNAL), ("chain_middle.c", OMIT_FP)]), "C, in a SIGPROF handler", "on_signal_work"),
-        ("rust-nofp", fixture::build_rust("chain-rust", "chain.rs", RUST_NO_FP), "Rust, opt-level=2, force-frame-pointers=no", ""),
+        (
+            "c-nofp",
+            fixture::build("chain-nofp", &[("chain_main.c", OMIT_FP), ("chain_middle.c", OMIT_FP)]),
+            "C, -O2 -fomit-frame-pointer",
+            "",
+        ),
+        (
+            "c-mixed",
+            fixture::build("chain-mixed", &[("chain_main.c", OMIT_FP), ("chain_middle.c", FP_NO_CFI)]),
+            "C, middle() without CFI but with frame pointers",
+            "",
+        ),
+        (
+            "c-signal",
+            fixture::build("chain-signal", &[("chain_main.c", SIGNAL), ("chain_middle.c", OMIT_FP)]),
+            "C, in a SIGPROF handler",
+            "on_signal_work",
+        ),
+        (
+            "rust-nofp",
+            fixture::build_rust("chain-rust", "chain.rs", RUST_NO_FP),
+            "Rust, opt-level=2, force-frame-pointers=no",
+            "",
+        ),
     ];
     let libc = std::process::Command::new("ldd").arg("--version").output().unwrap();
     let libc = String::from_utf8_lossy(&libc.stdout).lines().next().unwrap_or("").to_owned();

@@ -6,7 +6,8 @@ mod common;
 use object::{Object, ObjectSection};
 use profiler_common::unwind::CFA_NOT_COVERED;
 use profiler_unwind::{
-    compile_cfi, compile_eh_frame, compile_elf, CfiSection, CompileOptions, CompiledTable, Error, SectionAddrs,
+    compile_cfi, compile_eh_frame, compile_elf, CfiSection, CompileOptions, CompiledTable, Error,
+    SectionAddrs,
 };
 
 struct Rng(u64);
@@ -107,7 +108,8 @@ fn fuzz_eh_frame(path: &str, iterations: usize, seed: u64) -> (usize, usize) {
 
 #[test]
 fn mutated_eh_frame_of_fixture() {
-    let exe = common::fixture::build("chain-hostile", &[("chain_main.c", &["-O2"]), ("chain_middle.c", &["-O2"])]);
+    let exe =
+        common::fixture::build("chain-hostile", &[("chain_main.c", &["-O2"]), ("chain_middle.c", &["-O2"])]);
     let (ok, err) = fuzz_eh_frame(exe.to_str().unwrap(), 20_000, 1);
     eprintln!("fixture: {ok} ok, {err} errors");
     assert!(ok > 0 && err > 0);
@@ -121,8 +123,10 @@ fn mutated_eh_frame_of_system_binary() {
 
 #[test]
 fn mutated_debug_frame() {
-    let units: &[(&str, &[&str])] =
-        &[("chain_main.c", common::fixture::DEBUG_FRAME_ONLY), ("chain_middle.c", common::fixture::DEBUG_FRAME_ONLY)];
+    let units: &[(&str, &[&str])] = &[
+        ("chain_main.c", common::fixture::DEBUG_FRAME_ONLY),
+        ("chain_middle.c", common::fixture::DEBUG_FRAME_ONLY),
+    ];
     let exe = common::fixture::build("chain-hostile-debug-frame", units);
     let data = std::fs::read(exe).unwrap();
     let file = object::File::parse(&*data).unwrap();
@@ -133,7 +137,9 @@ fn mutated_debug_frame() {
     let mut rng = Rng(5);
     let mut ok = 0;
     for _ in 0..10_000 {
-        if let Ok(table) = compile_cfi(&mutate(&mut rng, &section), CfiSection::DebugFrame, &SectionAddrs::default(), &opts) {
+        if let Ok(table) =
+            compile_cfi(&mutate(&mut rng, &section), CfiSection::DebugFrame, &SectionAddrs::default(), &opts)
+        {
             check_table(&table, &opts);
             ok += 1;
         }
@@ -143,7 +149,10 @@ fn mutated_debug_frame() {
 
 #[test]
 fn mutated_elf() {
-    let exe = common::fixture::build("chain-hostile-elf", &[("chain_main.c", &["-O2"]), ("chain_middle.c", &["-O2"])]);
+    let exe = common::fixture::build(
+        "chain-hostile-elf",
+        &[("chain_main.c", &["-O2"]), ("chain_middle.c", &["-O2"])],
+    );
     let data = std::fs::read(exe).unwrap();
     let opts = CompileOptions::default();
     let mut rng = Rng(3);

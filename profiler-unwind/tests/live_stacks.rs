@@ -12,7 +12,8 @@ use profiler_unwind::StopReason;
 /// The C fixture's own functions, innermost first.
 const C_CHAIN: &[&str] = &["compare", "leaf", "middle", "outer", "main"];
 /// The Rust fixture's, as `nm --demangle` names them.
-const RUST_CHAIN: &[&str] = &["chain::compare", "chain::leaf", "chain::middle", "chain::outer", "chain::main"];
+const RUST_CHAIN: &[&str] =
+    &["chain::compare", "chain::leaf", "chain::middle", "chain::outer", "chain::main"];
 
 fn sample(exe: &std::path::Path, samples: usize) -> Vec<Stack> {
     let mut binaries = Binaries::default();
@@ -28,8 +29,7 @@ fn check(stacks: &[Stack], chain: &[&str], fp_frames: u32) {
         let ctx = || format!("{:?} {:x?} {:?}", stack.names, stack.frames, stack.outcome);
         assert_eq!(stack.outcome.stop, StopReason::EndOfStack, "{}", ctx());
         assert_eq!(stack.outcome.fp_frames, fp_frames, "{}", ctx());
-        let ours: Vec<&str> =
-            stack.names.iter().map(String::as_str).filter(|n| chain.contains(n)).collect();
+        let ours: Vec<&str> = stack.names.iter().map(String::as_str).filter(|n| chain.contains(n)).collect();
         assert!(!ours.is_empty(), "{}", ctx());
         let suffix = &chain[chain.len() - ours.len()..];
         assert_eq!(ours, suffix, "{}", ctx());
@@ -77,7 +77,8 @@ fn c_non_pie_and_static() {
 
 #[test]
 fn c_with_debug_frame_only() {
-    let units: &[(&str, &[&str])] = &[("chain_main.c", DEBUG_FRAME_ONLY), ("chain_middle.c", DEBUG_FRAME_ONLY)];
+    let units: &[(&str, &[&str])] =
+        &[("chain_main.c", DEBUG_FRAME_ONLY), ("chain_middle.c", DEBUG_FRAME_ONLY)];
     let exe = fixture::build("chain-debug-frame", units);
     check(&sample(&exe, 20), C_CHAIN, 0);
 }

@@ -40,7 +40,11 @@ fn perf_chains(pid: u32, dir: &Path) -> Option<Vec<Vec<(String, u64)>>> {
     if !rec.success() {
         return None;
     }
-    let out = Command::new("perf").args(["script", "--no-inline", "-F", "ip,dso", "-i"]).arg(&data).output().ok()?;
+    let out = Command::new("perf")
+        .args(["script", "--no-inline", "-F", "ip,dso", "-i"])
+        .arg(&data)
+        .output()
+        .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut chains = Vec::new();
     for block in text.split("\n\n") {
@@ -93,9 +97,17 @@ fn c_fixture_matches_perf_dwarf() {
         *theirs.entry(collapse(names)).or_default() += 1;
     }
     let total: usize = theirs.values().sum();
-    eprintln!("ours: {} distinct chains from 40 stacks; perf: {} distinct from {total} samples", ours.len(), theirs.len());
+    eprintln!(
+        "ours: {} distinct chains from 40 stacks; perf: {} distinct from {total} samples",
+        ours.len(),
+        theirs.len()
+    );
     for (chain, n) in &theirs {
-        eprintln!("perf {n:5} {}{}", chain.join(" <- "), if ours.contains(chain) { "  [ours too]" } else { "" });
+        eprintln!(
+            "perf {n:5} {}{}",
+            chain.join(" <- "),
+            if ours.contains(chain) { "  [ours too]" } else { "" }
+        );
     }
     // Every chain we found, perf found too.
     for chain in &ours {

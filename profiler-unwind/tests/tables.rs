@@ -63,7 +63,11 @@ fn large_binaries() {
     // Sizes and timings for the report; whichever of these exist, plus any listed in
     // UNWIND_TABLE_BINARIES (colon-separated).
     let extra = std::env::var("UNWIND_TABLE_BINARIES").unwrap_or_default();
-    let defaults = ["/work/main/target/release/profiler-agent", "/usr/bin/perf", "/usr/lib/x86_64-linux-gnu/libstdc++.so.6"];
+    let defaults = [
+        "/work/main/target/release/profiler-agent",
+        "/usr/bin/perf",
+        "/usr/lib/x86_64-linux-gnu/libstdc++.so.6",
+    ];
     for path in defaults.into_iter().chain(extra.split(':').filter(|p| !p.is_empty())) {
         if Path::new(path).exists() {
             let (table, _) = compile_file(path);

@@ -1,15 +1,15 @@
 //! Evaluates `.eh_frame` (or `.debug_frame`) CFI with gimli and turns each CFI row into a
 //! compact rule.
 
-use super::{CompileOptions, CompileStats, Error, SectionAddrs};
 use super::layout::Span;
+use super::{CompileOptions, CompileStats, Error, SectionAddrs};
 use gimli::{
-    BaseAddresses, CfaRule, CieOrFde, CommonInformationEntry, DebugFrame, EhFrame, EndianSlice,
-    LittleEndian, RegisterRule, UnwindContext, UnwindOffset, UnwindSection, UnwindTableRow, X86_64,
+    BaseAddresses, CfaRule, CieOrFde, CommonInformationEntry, DebugFrame, EhFrame, EndianSlice, LittleEndian,
+    RegisterRule, UnwindContext, UnwindOffset, UnwindSection, UnwindTableRow, X86_64,
 };
 use profiler_common::unwind::{
-    UnwindRow, CFA_END_OF_STACK, CFA_PLT, CFA_RBP, CFA_RSP, CFA_SIGNAL_FRAME, CFA_UNSUPPORTED,
-    RBP_AT_CFA, RBP_UNCHANGED,
+    UnwindRow, CFA_END_OF_STACK, CFA_PLT, CFA_RBP, CFA_RSP, CFA_SIGNAL_FRAME, CFA_UNSUPPORTED, RBP_AT_CFA,
+    RBP_UNCHANGED,
 };
 use std::collections::HashMap;
 

@@ -1,8 +1,8 @@
 //! Finds `.eh_frame` and the base addresses it needs in an ELF file.
 
 use super::{compile_sections, CfiSection, CompileOptions, CompiledTable, Error, SectionAddrs};
-use std::borrow::Cow;
 use object::{Architecture, Object, ObjectSection, ObjectSegment, SegmentFlags};
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// Compiles the CFI of an x86-64 ELF file (executable or shared object): `.eh_frame`, plus

@@ -96,13 +96,22 @@ mod tests {
         let got: Vec<(u32, u8, u16)> = rows.iter().map(|r| (r.pc, r.cfa_kind(), r.cfa_offset)).collect();
         assert_eq!(
             got,
-            [(0, CFA_RSP, 8), (1, CFA_RSP, 16), (4, CFA_RSP, 16), (0x20, 0, 0), (0x1000, CFA_RSP, 8), (0x101f, CFA_RSP, 24), (0x1040, 0, 0)]
+            [
+                (0, CFA_RSP, 8),
+                (1, CFA_RSP, 16),
+                (4, CFA_RSP, 16),
+                (0x20, 0, 0),
+                (0x1000, CFA_RSP, 8),
+                (0x101f, CFA_RSP, 24),
+                (0x1040, 0, 0)
+            ]
         );
     }
 
     #[test]
     fn overlaps_and_limits() {
-        let spans = vec![span(0x100, 0x200, rsp(8)), span(0x180, 0x280, rsp(16)), span(0x190, 0x1a0, rsp(24))];
+        let spans =
+            vec![span(0x100, 0x200, rsp(8)), span(0x180, 0x280, rsp(16)), span(0x190, 0x1a0, rsp(24))];
         let (_, rows) = lay_out(spans.clone(), 100).unwrap();
         let got: Vec<(u32, u16)> = rows.iter().map(|r| (r.pc, r.cfa_offset)).collect();
         assert_eq!(got, [(0, 8), (0x100, 16), (0x180, 0)]);

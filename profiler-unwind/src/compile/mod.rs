@@ -103,10 +103,7 @@ pub struct CompiledTable {
 impl CompiledTable {
     /// The row covering an ELF vaddr; a `CFA_NOT_COVERED` row outside the table.
     pub fn lookup(&self, vaddr: u64) -> UnwindRow {
-        table_pc(self.pc_base, vaddr)
-            .and_then(|pc| find_row(&self.rows, pc))
-            .copied()
-            .unwrap_or_default()
+        table_pc(self.pc_base, vaddr).and_then(|pc| find_row(&self.rows, pc)).copied().unwrap_or_default()
     }
 
     /// Metadata for the kernel when the rows are stored from index `first_row` on.

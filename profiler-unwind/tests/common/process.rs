@@ -4,12 +4,12 @@
 //! the assertions come from `nm`.
 
 use super::capture::{Capture, Mapping};
+use super::replay::Replay;
 use object::{Object, ObjectSegment};
 use profiler_unwind::{
-    compile_elf, load_segments, lookup_row, lpm_blocks, mapping_bias, unwind, LoadSegment, CompileOptions, CompiledTable, MappingKey,
-    StopReason, UnwindMapping, UnwindRow, UnwindTableInfo, Unwound, NO_TABLE,
+    compile_elf, load_segments, lookup_row, lpm_blocks, mapping_bias, unwind, CompileOptions, CompiledTable,
+    LoadSegment, MappingKey, StopReason, UnwindMapping, UnwindRow, UnwindTableInfo, Unwound, NO_TABLE,
 };
-use super::replay::Replay;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::Command;
@@ -238,13 +238,8 @@ impl Binaries {
         const PID: u32 = 4242;
         let trie = self.trie(PID, &cap.maps);
         let mut frames = [0u64; 128];
-        let outcome = unwind(
-            cap.regs,
-            |pc| self.lookup(&trie, PID, pc),
-            |addr| cap.read_u64(addr),
-            127,
-            &mut frames,
-        );
+        let outcome =
+            unwind(cap.regs, |pc| self.lookup(&trie, PID, pc), |addr| cap.read_u64(addr), 127, &mut frames);
         let frames = frames[..outcome.depth as usize].to_vec();
         let names = frames
             .iter()

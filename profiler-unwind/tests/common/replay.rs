@@ -90,7 +90,9 @@ impl Replay {
                 "stack" => {
                     r.stack_start = hex(f[0]);
                     let bytes = f.get(1).copied().unwrap_or("");
-                    r.stack = (0..bytes.len() / 2).map(|i| u8::from_str_radix(&bytes[2 * i..2 * i + 2], 16).unwrap()).collect();
+                    r.stack = (0..bytes.len() / 2)
+                        .map(|i| u8::from_str_radix(&bytes[2 * i..2 * i + 2], 16).unwrap())
+                        .collect();
                 }
                 "mapping" => {
                     let id: i64 = f[3].parse().unwrap();
