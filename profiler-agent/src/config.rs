@@ -46,6 +46,10 @@ pub struct Args {
     #[arg(long)]
     pub include_unsampled: bool,
 
+    /// Do not read trace contexts or Go labels at all.
+    #[arg(long)]
+    pub no_trace_context: bool,
+
     /// Testing aid: do not read the ring buffer for this many seconds, to provoke drops.
     #[arg(long, hide = true, default_value_t = 0)]
     pub stall_reader_secs: u64,
@@ -64,6 +68,7 @@ pub struct Config {
     pub stall_reader: Duration,
     pub label_allow: Vec<String>,
     pub include_unsampled: bool,
+    pub trace_context: bool,
 }
 
 impl From<Args> for Config {
@@ -79,6 +84,7 @@ impl From<Args> for Config {
             stall_reader: Duration::from_secs(a.stall_reader_secs),
             label_allow: a.label_allow,
             include_unsampled: a.include_unsampled,
+            trace_context: !a.no_trace_context,
         }
     }
 }

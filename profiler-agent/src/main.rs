@@ -63,7 +63,9 @@ fn interval_comments(k: &KernelCounters, delivered: u64, reader: &ReaderStats, p
 
 async fn run(config: Config) -> Result<()> {
     let (mut program, ring, context_map) = LoadedProgram::load_and_attach(config.frequency, &config.pids, config.ring_buffer_bytes)?;
-    let mut contexts = context_map.map(|m| ContextConfigs::new(m, "/proc", !config.include_unsampled));
+    let mut contexts = context_map
+        .filter(|_| config.trace_context)
+        .map(|m| ContextConfigs::new(m, "/proc", !config.include_unsampled));
     if let Some(c) = contexts.as_mut() {
         c.scan_existing(&config.pids);
     }

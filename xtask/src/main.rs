@@ -74,6 +74,7 @@ fn main() -> Result<()> {
         }
         Cmd::Bench { seconds, frequencies } => {
             setup::build_prerequisites()?;
+            setup::test_tools()?;
             util::cargo(&["build", "--release", "-p", "profiler-agent"])?;
             bench::run(seconds, &frequencies)
         }
