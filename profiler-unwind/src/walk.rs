@@ -30,11 +30,10 @@ pub struct Caller {
 pub fn next_frame(
     regs: &Regs,
     exact_pc: bool,
-    lookup: impl FnMut(u64) -> Result<Option<UnwindRow>, StopReason>,
+    mut lookup: impl FnMut(u64) -> Result<Option<UnwindRow>, StopReason>,
     read_u64: impl FnMut(u64) -> Option<u64>,
 ) -> Result<Caller, StopReason> {
     let pc = if exact_pc { regs.rip } else { regs.rip.wrapping_sub(1) };
-    let mut lookup = lookup;
     let why_guessing = match lookup(pc)? {
         Some(row) if row.cfa_kind() != CFA_NOT_COVERED => {
             let regs = step(regs, &row, read_u64)?;
@@ -103,10 +102,10 @@ mod tests {
     const TABLE_START: u64 = 0x40_0000;
     const TABLE_END: u64 = 0x40_1000;
 
-    /// A binary with a table at [TABLE_START, TABLE_END): a function at +0x100 with
-    /// `push rbp; mov rbp, rsp`-free code (CFA = rsp + 16, rbp saved at CFA - 16), an
-    /// outermost function at +0x800, and a gap without CFI at +0x900. Everything else has no
-    /// table (think Go or JIT code).
+    /// A binary with a table at [TABLE_START, TABLE_END): a function at +0x100 that pushed rbp
+    /// but keeps no frame pointer (CFA = rsp + 16, rbp saved at CFA - 16), an outermost
+    /// function at +0x800, and a gap without CFI at +0x900. Everything else has no table
+    /// (think Go or JIT code).
     fn lookup(pc: u64) -> Result<Option<UnwindRow>, StopReason> {
         if !(TABLE_START..TABLE_END).contains(&pc) {
             return Ok(None);

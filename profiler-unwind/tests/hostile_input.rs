@@ -183,3 +183,42 @@ fn garbage_and_limits() {
     assert!(part.stats.fdes_outside_code > 0);
     assert!(part.rows.len() < full.rows.len() / 4);
 }
+
+/// `.eh_frame` bytes by hand: one CIE padded with `cie_padding` DW_CFA_nops, then `fdes`
+/// FDEs of 16 bytes each, back to back from 0x1000.
+fn synthetic_eh_frame(cie_padding: usize, fdes: usize) -> Vec<u8> {
+    let mut cie = vec![0, 0, 0, 0, 1, 0]; // CIE id 0, version 1, augmentation ""
+    cie.extend_from_slice(&[1, 0x78, 16]); // code align 1, data align -8, RA = r16
+    cie.extend_from_slice(&[0x0c, 7, 8, 0x90, 1]); // def_cfa rsp+8; r16 at cfa-8
+    cie.resize(cie.len() + cie_padding, 0);
+    while (cie.len() + 4) % 8 != 0 {
+        cie.push(0);
+    }
+    let mut out = (cie.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(&cie);
+    for i in 0..fdes {
+        let here = out.len();
+        let mut fde = ((here + 4) as u32).to_le_bytes().to_vec(); // back to the CIE at 0
+        fde.extend_from_slice(&(0x1000 + 16 * i as u64).to_le_bytes());
+        fde.extend_from_slice(&16u64.to_le_bytes());
+        fde.extend_from_slice(&[0, 0, 0, 0]);
+        out.extend_from_slice(&(fde.len() as u32).to_le_bytes());
+        out.extend_from_slice(&fde);
+    }
+    out
+}
+
+#[test]
+fn oversized_cie_cannot_make_compiling_quadratic() {
+    let opts = CompileOptions::default();
+    let fine = compile_eh_frame(&synthetic_eh_frame(100, 50), &SectionAddrs::default(), &opts).unwrap();
+    assert_eq!((fine.stats.fdes, fine.stats.bad_fdes), (50, 0));
+    assert_eq!(fine.rows.len(), 2, "one merged rule and the end sentinel");
+    // 20k FDEs sharing a 64 KiB CIE would mean 1.3G instructions evaluated.
+    let start = std::time::Instant::now();
+    let hostile =
+        compile_eh_frame(&synthetic_eh_frame(64 << 10, 20_000), &SectionAddrs::default(), &opts).unwrap();
+    assert_eq!((hostile.stats.fdes, hostile.stats.bad_fdes), (20_000, 20_000));
+    assert!(hostile.rows.is_empty());
+    assert!(start.elapsed() < std::time::Duration::from_secs(5), "{:?}", start.elapsed());
+}

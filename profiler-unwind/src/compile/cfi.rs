@@ -15,6 +15,14 @@ use std::collections::HashMap;
 
 type Reader<'a> = EndianSlice<'a, LittleEndian>;
 
+/// Longest CIE accepted. Every FDE re-runs its CIE's initial instructions, so one huge CIE
+/// shared by many FDEs would make compiling quadratic in the input size. Real CIEs are a few
+/// dozen bytes.
+const MAX_CIE_LEN: usize = 1024;
+/// CIEs kept parsed. Real binaries have a handful; a hostile section made of nothing but CIEs
+/// must not turn into a map many times its size.
+const MAX_CACHED_CIES: usize = 1024;
+
 /// Which CFI section the bytes are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CfiSection {
@@ -73,7 +81,9 @@ fn collect_from<'a, S: UnwindSection<Reader<'a>>>(
     while let Some(entry) = entries.next()? {
         let partial = match entry {
             CieOrFde::Cie(cie) => {
-                cies.insert(cie.offset(), cie);
+                if cies.len() < MAX_CACHED_CIES {
+                    cies.insert(cie.offset(), cie);
+                }
                 continue;
             }
             CieOrFde::Fde(partial) => partial,
@@ -83,7 +93,7 @@ fn collect_from<'a, S: UnwindSection<Reader<'a>>>(
             Some(cie) => Ok(cie.clone()),
             None => section.cie_from_offset(bases, offset),
         });
-        let Ok(fde) = fde else {
+        let Some(fde) = fde.ok().filter(|fde| fde.cie().entry_len() <= MAX_CIE_LEN) else {
             stats.bad_fdes += 1;
             continue;
         };
