@@ -1,17 +1,18 @@
 //! Unwind-table types shared by the eBPF unwinder and the agent (issue 5).
 //!
-//! A table is a sorted array of [`UnwindRow`]s compiled from one binary's `.eh_frame`. Row `i`
-//! covers the PCs from `rows[i].pc` up to `rows[i + 1].pc`; the last row of every table has
-//! kind [`CFA_NOT_COVERED`] and marks where coverage ends. Gaps between functions that have no
-//! CFI get a [`CFA_NOT_COVERED`] row too, so a lookup never attributes one function's rule to
-//! the code after it.
+//! A table is a sorted array of [`UnwindRow`]s compiled from one binary's `.eh_frame` (and
+//! `.debug_frame`). Row `i` covers the PCs from `rows[i].pc` up to `rows[i + 1].pc`; the last
+//! row of every table has kind [`CFA_NOT_COVERED`] and marks where coverage ends. Code without
+//! CFI (16 bytes or more, i.e. more than alignment padding) gets a [`CFA_NOT_COVERED`] row too,
+//! so a lookup never attributes one function's rule to the code after it.
 //!
 //! On x86-64 the return address is always at CFA - 8, so a row only needs the CFA rule and the
 //! rule for the caller's rbp (the one callee-saved register that code without tables, such as
 //! Go or JIT code, needs for frame-pointer unwinding).
 //!
 //! Rows are plain integers rather than Rust enums so that any bit pattern read from a map is a
-//! valid value; the `CFA_*` and `RBP_*` constants give the meaning of the kind nibbles.
+//! valid value; the `CFA_*`, `RBP_*` and [`CFA_OFFSET_X8`] constants give the meaning of the
+//! bits of [`UnwindRow::kinds`].
 
 /// PC range has no CFI: fall back to frame pointers. Also the end-of-table sentinel.
 pub const CFA_NOT_COVERED: u8 = 0;
@@ -21,8 +22,9 @@ pub const CFA_RSP: u8 = 1;
 pub const CFA_RBP: u8 = 2;
 /// The return address is undefined here: this is the outermost frame (`_start`, thread entry).
 pub const CFA_END_OF_STACK: u8 = 3;
-/// The CFI uses something this format cannot express (a DWARF expression, as in PLT stubs and
-/// signal trampolines, or a register other than rsp/rbp, or an offset out of range).
+/// The CFI uses something this format cannot express: a DWARF expression other than the PLT
+/// one, a CFA register other than rsp/rbp, a frame of 512 KiB or more, or rbp saved out of
+/// range. The walk stops there.
 pub const CFA_UNSUPPORTED: u8 = 4;
 /// PLT stub (`.plt`/`.plt.sec` lazy-binding entries): CFA = rsp + 8, plus 8 more when
 /// `(pc & 15) >= cfa_offset`. This is the one DWARF expression every linker emits, so it gets
