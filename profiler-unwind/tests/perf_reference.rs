@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::capture::capture;
+use common::capture::{capture, Running};
 use common::fixture;
 use common::process::Binaries;
 use std::collections::{BTreeMap, BTreeSet};
@@ -70,9 +70,10 @@ fn c_fixture_matches_perf_dwarf() {
         return;
     }
     let exe = fixture::build("chain-perf", &[("chain_main.c", OMIT_FP), ("chain_middle.c", OMIT_FP)]);
-    let mut child = Command::new(&exe).spawn().unwrap();
+    // Killed on drop, also when an assertion fails first.
+    let child = Running(Command::new(&exe).stdout(Stdio::null()).spawn().unwrap());
     std::thread::sleep(Duration::from_millis(50));
-    let pid = child.id();
+    let pid = child.0.id();
     let mut binaries = Binaries::default();
     let mut ours = BTreeSet::new();
     for _ in 0..40 {
@@ -81,8 +82,7 @@ fn c_fixture_matches_perf_dwarf() {
         ours.insert(collapse(stack.names));
     }
     let perf = perf_chains(pid, exe.parent().unwrap());
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let Some(perf) = perf else {
         eprintln!("perf record failed (permissions?): skipped");
         return;
