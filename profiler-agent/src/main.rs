@@ -160,13 +160,15 @@ async fn run(config: Config) -> Result<()> {
         .map(|c| (c.stats.go_processes, c.stats.otel_processes, c.stats.unknown_go_versions))
         .unwrap_or_default();
     info!(
-        "totals {} delivered={} malformed_records={} maps_unreadable={} binary_open_failed={} go_processes={go} otel_processes={otel} unknown_go_versions={unknown_go}",
+        "totals {} delivered={} malformed_records={} maps_unreadable={} binary_open_failed={} attach_failed_cpus={} go_processes={go} otel_processes={otel} unknown_go_versions={unknown_go}",
         kernel.join(" "),
+        program.failed_cpus.len(),
         reader.delivered,
         reader.malformed,
         processes.stats.maps_unreadable,
         processes.stats.binary_open_failed,
     );
+    info!(cpus = program.attached_cpus.len(), ring_bytes = program.ring_bytes, "detached");
     if let Some((run_time, runs)) = run_stats {
         if runs > 0 {
             info!(runs, ns_per_run = run_time.as_nanos() as u64 / runs, "bpf program run time");

@@ -31,6 +31,17 @@ fn wait_with_usage(child: &mut Child) -> Result<Usage> {
     Ok(Usage { cpu: tv(ru.ru_utime) + tv(ru.ru_stime), max_rss_kib: ru.ru_maxrss })
 }
 
+/// utime + stime of a live process, from /proc/PID/stat.
+fn proc_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_millis(ticks * 1000 / hz))
+}
+
 fn build_workload(dir: &Path) -> Result<PathBuf> {
     let exe = dir.join("workload");
     let src = workspace_root().join("xtask/bench/workload.c");
@@ -59,19 +70,20 @@ fn sigint(child: &Child) {
 
 struct AgentRun {
     usage: Usage,
+    /// CPU spent before the agent was ready (BTF, loading, attaching, process scan).
+    startup_cpu: Duration,
     workload_secs: f64,
     bpf_ns_per_run: Option<u64>,
     samples: Option<u64>,
 }
 
 fn profile_with_agent(exe: &Path, iterations: u64, hz: u64, out_dir: &Path) -> Result<AgentRun> {
-    let mut workload = Command::new(exe);
-    workload.arg(iterations.to_string());
-    run_agent_around(&mut workload, &["--frequency", &hz.to_string()], out_dir)
+    run_agent_around(|| run_workload(exe, iterations), &["--frequency", &hz.to_string()], out_dir)
 }
 
-/// Starts the agent, runs `workload` once it is profiling, then stops the agent.
-fn run_agent_around(workload: &mut Command, agent_args: &[&str], out_dir: &Path) -> Result<AgentRun> {
+/// Starts the agent, runs `workload` (which returns its wall seconds) once the agent is
+/// profiling, then stops the agent.
+fn run_agent_around(workload: impl FnOnce() -> Result<f64>, agent_args: &[&str], out_dir: &Path) -> Result<AgentRun> {
     let mut child = Command::new(agent_binary())
         .args(agent_args)
         .args(["--profile-interval", "10", "--output-dir"])
@@ -94,11 +106,8 @@ fn run_agent_around(workload: &mut Command, agent_args: &[&str], out_dir: &Path)
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let out = workload.output()?;
-    if !out.status.success() {
-        bail!("workload failed: {:?}", out.status);
-    }
-    let workload_secs = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(f64::NAN);
+    let startup_cpu = proc_cpu(child.id()).unwrap_or_default();
+    let workload_secs = workload()?;
     sigint(&child);
     let usage = wait_with_usage(&mut child)?;
     let _ = reader.join();
@@ -109,6 +118,7 @@ fn run_agent_around(workload: &mut Command, agent_args: &[&str], out_dir: &Path)
     };
     Ok(AgentRun {
         usage,
+        startup_cpu,
         workload_secs,
         bpf_ns_per_run: field("bpf program run time", "ns_per_run="),
         samples: field(" totals ", "delivered="),
@@ -176,10 +186,17 @@ fn label_capture_cost(dir: &Path, seconds: u64) -> Result<Vec<(&'static str, Opt
         let pid = fixture.id().to_string();
         let mut args = vec!["--frequency", "99", "--pid", &pid];
         args.extend(extra);
-        let mut release = Command::new("sh");
-        release.arg("-c").arg(format!("echo go > /proc/{pid}/fd/0; while kill -0 {pid} 2>/dev/null; do sleep 0.1; done; echo 0"));
-        let run = run_agent_around(&mut release, &args, &dir.join("profiles-labels"))?;
-        let _ = fixture.wait();
+        let mut stdin = fixture.stdin.take().context("fixture stdin")?;
+        let run = run_agent_around(
+            || {
+                let start = Instant::now();
+                std::io::Write::write_all(&mut stdin, b"go\n")?;
+                fixture.wait()?;
+                Ok(start.elapsed().as_secs_f64())
+            },
+            &args,
+            &dir.join("profiles-labels"),
+        )?;
         rows.push((name, run.bpf_ns_per_run));
     }
     Ok(rows)
@@ -213,13 +230,14 @@ pub fn run(seconds: u64, frequencies: &[u64]) -> Result<()> {
     let label_rows = label_capture_cost(&dir, seconds.min(5))?;
 
     println!("\nWorkload: {iterations} iterations of a CPU-bound C loop, baseline {baseline:.3} s (median of 3).\n");
-    println!("| Hz | agent CPU (ms) | perf CPU (ms) | agent/perf | BPF ns/sample | samples | slowdown agent | slowdown perf | agent peak RSS (MiB) | perf peak RSS (MiB) |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| Hz | agent CPU (ms) | of which startup | perf CPU (ms) | agent/perf | BPF ns/sample | samples | slowdown agent | slowdown perf | agent peak RSS (MiB) | perf peak RSS (MiB) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (hz, a, p, perf_secs) in rows {
         let a_ms = a.usage.cpu.as_secs_f64() * 1e3;
         let p_ms = p.cpu.as_secs_f64() * 1e3;
         println!(
-            "| {hz} | {a_ms:.0} | {p_ms:.0} | {:.2} | {} | {} | {:+.2}% | {:+.2}% | {:.1} | {:.1} |",
+            "| {hz} | {a_ms:.0} | {} | {p_ms:.0} | {:.2} | {} | {} | {:+.2}% | {:+.2}% | {:.1} | {:.1} |",
+            a.startup_cpu.as_millis(),
             a_ms / p_ms,
             a.bpf_ns_per_run.map(|n| n.to_string()).unwrap_or_else(|| "n/a".into()),
             a.samples.map(|n| n.to_string()).unwrap_or_else(|| "n/a".into()),

@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the one entry point for setting up, building, running, testing and
 //! benchmarking the profiler on a fresh machine.
 mod bench;
+mod fuzz;
 mod setup;
 mod util;
 
@@ -34,6 +35,14 @@ enum Cmd {
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Run the symbolizer's fuzz targets (cargo-fuzz, nightly) for a time budget each.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (default: all of elf, dwarf, gopclntab, kallsyms, demangle).
+        targets: Vec<String>,
     },
     /// Measure overhead against `perf record` at 19, 99 and 999 Hz.
     Bench {
@@ -71,6 +80,11 @@ fn main() -> Result<()> {
             let mut cargo_args = vec!["test"];
             cargo_args.extend(args.iter().map(String::as_str));
             util::cargo(&cargo_args)
+        }
+        Cmd::Fuzz { seconds, targets } => {
+            setup::build_prerequisites()?;
+            setup::test_tools()?;
+            fuzz::run_targets(&targets, seconds)
         }
         Cmd::Bench { seconds, frequencies } => {
             setup::build_prerequisites()?;
