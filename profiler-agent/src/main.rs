@@ -159,14 +159,16 @@ async fn run(config: Config) -> Result<()> {
         .as_ref()
         .map(|c| (c.stats.go_processes, c.stats.otel_processes, c.stats.unknown_go_versions))
         .unwrap_or_default();
+    let kernel = kernel.join(" ");
+    let delivered = reader.delivered;
+    let malformed = reader.malformed;
+    let maps_unreadable = processes.stats.maps_unreadable;
+    let binary_open_failed = processes.stats.binary_open_failed;
+    let attach_failed = program.failed_cpus.len();
     info!(
-        "totals {} delivered={} malformed_records={} maps_unreadable={} binary_open_failed={} attach_failed_cpus={} go_processes={go} otel_processes={otel} unknown_go_versions={unknown_go}",
-        kernel.join(" "),
-        program.failed_cpus.len(),
-        reader.delivered,
-        reader.malformed,
-        processes.stats.maps_unreadable,
-        processes.stats.binary_open_failed,
+        "totals {kernel} delivered={delivered} malformed_records={malformed} maps_unreadable={maps_unreadable} \
+         binary_open_failed={binary_open_failed} attach_failed_cpus={attach_failed} go_processes={go} \
+         otel_processes={otel} unknown_go_versions={unknown_go}"
     );
     info!(cpus = program.attached_cpus.len(), ring_bytes = program.ring_bytes, "detached");
     if let Some((run_time, runs)) = run_stats {
