@@ -1,4 +1,4 @@
-//! Criterion benchmarks; commands and results in symbolizer/BENCHMARKS.md.
+//! Criterion benchmarks; commands and results in BENCHMARKS.md at the repository root.
 //!
 //! - cold open + 10,000 lookups: this crate vs the plain `addr2line` crate vs llvm-symbolizer;
 //! - warm lookups per second: DWARF (with and without the address cache) and Go pclntab;
