@@ -23,14 +23,17 @@ pub fn run_targets(targets: &[String], seconds: u64) -> Result<()> {
     let root = workspace_root();
     let fuzz_dir = root.join("symbolizer/fuzz");
     for t in targets {
-        let corpus = fuzz_dir.join("corpus").join(&t);
-        std::fs::create_dir_all(&corpus)?;
-        let seeds = root.join("target/tmp/fuzz-seeds").join(&t);
-        step(&format!("fuzzing {t} for {seconds} s"));
+        // libFuzzer writes new inputs into the first directory: keep that out of the tree and
+        // read the committed text seeds and the generated binary seeds from the others.
+        let working = root.join("target/fuzz-corpus").join(&t);
+        std::fs::create_dir_all(&working)?;
+        step(&format!("fuzzing {t} for {seconds} s (new inputs go to {})", working.display()));
         let mut cmd = Command::new("cargo");
-        cmd.args(["+nightly", "fuzz", "run", &t]).arg(&corpus);
-        if seeds.is_dir() {
-            cmd.arg(&seeds);
+        cmd.args(["+nightly", "fuzz", "run", &t]).arg(&working);
+        for seeds in [fuzz_dir.join("corpus").join(&t), root.join("target/tmp/fuzz-seeds").join(&t)] {
+            if seeds.is_dir() {
+                cmd.arg(seeds);
+            }
         }
         cmd.args(["--", &format!("-max_total_time={seconds}"), "-rss_limit_mb=2048"]).current_dir(&fuzz_dir);
         run(&mut cmd)?;
