@@ -50,6 +50,15 @@ pub struct Args {
     #[arg(long)]
     pub no_trace_context: bool,
 
+    /// Do not build unwind tables from .eh_frame: walk user stacks by frame pointers only.
+    #[arg(long)]
+    pub no_unwind_tables: bool,
+
+    /// Budget for unwind-table rows over all binaries (8 bytes each, allocated at start).
+    /// A binary whose table does not fit is unwound by frame pointers, and counted.
+    #[arg(long, default_value_t = profiler_common::DEFAULT_UNWIND_ROWS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub unwind_table_rows: u32,
+
     /// Testing aid: do not read the ring buffer for this many seconds, to provoke drops.
     #[arg(long, hide = true, default_value_t = 0)]
     pub stall_reader_secs: u64,
@@ -69,6 +78,8 @@ pub struct Config {
     pub label_allow: Vec<String>,
     pub include_unsampled: bool,
     pub trace_context: bool,
+    pub unwind_tables: bool,
+    pub unwind_table_rows: u32,
 }
 
 impl From<Args> for Config {
@@ -85,6 +96,8 @@ impl From<Args> for Config {
             label_allow: a.label_allow,
             include_unsampled: a.include_unsampled,
             trace_context: !a.no_trace_context,
+            unwind_tables: !a.no_unwind_tables,
+            unwind_table_rows: a.unwind_table_rows,
         }
     }
 }

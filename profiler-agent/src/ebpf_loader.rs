@@ -11,6 +11,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use profiler_common::{names, ContextConfig, Counter, RawSample, PROGRAM_NAME};
+
+use crate::unwind_tables::UnwindMaps;
 use tracing::{debug, info, warn};
 
 /// Bytes one record takes in the ring: the sample plus the kernel's 8-byte record header.
@@ -48,6 +50,17 @@ pub struct LoadedProgram {
     pub attached_cpus: Vec<u32>,
     pub failed_cpus: Vec<u32>,
     pub ring_bytes: u64,
+    /// The verifier's processed-instruction count, when the kernel reports it.
+    pub verified_insns: Option<u32>,
+}
+
+/// What `load_and_attach` hands over besides the program: the ring, the per-process
+/// trace-context map (None when kernel BTF could not give the thread-pointer offset, so no
+/// context is read), and the unwind-table maps (None with `unwind_rows == None`).
+pub struct LoadedMaps {
+    pub ring: RingBuf<MapData>,
+    pub contexts: Option<HashMap<MapData, u32, ContextConfig>>,
+    pub unwind: Option<UnwindMaps>,
 }
 
 /// Raises RLIMIT_MEMLOCK; kernels before 5.11 charge BPF maps against it. Newer kernels
@@ -64,13 +77,13 @@ fn raise_memlock() {
 impl LoadedProgram {
     /// Loads the program with the given filter and ring size, and attaches it to every online CPU.
     /// A CPU that fails to attach is logged and counted; only failing on all CPUs is an error.
-    /// Also returns the per-process trace-context map, or None when kernel BTF could not
-    /// give the thread-pointer offset (then no context is read).
+    /// `unwind_rows` sizes the unwind-table row array; None disables tables.
     pub fn load_and_attach(
         frequency: u64,
         pids: &[u32],
         ring_request: Option<u64>,
-    ) -> Result<(Self, RingBuf<MapData>, Option<HashMap<MapData, u32, ContextConfig>>)> {
+        unwind_rows: Option<u32>,
+    ) -> Result<(Self, LoadedMaps)> {
         raise_memlock();
         let cpus = aya::util::online_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
         let ring_bytes = ring_buffer_bytes(frequency, cpus.len() as u64, ring_request);
@@ -86,6 +99,8 @@ impl LoadedProgram {
         };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::SAMPLES, ring_u32)
+            // One row when disabled: the map must exist, but nothing is ever written to it.
+            .map_max_entries(names::UNWIND_ROWS, unwind_rows.unwrap_or(1))
             .override_global(names::FILTER_ENABLED, &filter_enabled, true)
             .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
             .override_global(names::TASK_FSBASE_OFFSET, &fsbase_offset, true)
@@ -106,6 +121,7 @@ impl LoadedProgram {
             .context("eBPF program missing from the object")?
             .try_into()?;
         program.load().context("the verifier rejected the program")?;
+        let verified_insns = program.info().ok().and_then(|i| i.verified_instruction_count());
         let mut attached_cpus = Vec::new();
         let mut failed_cpus = Vec::new();
         for cpu in cpus {
@@ -129,8 +145,13 @@ impl LoadedProgram {
         let counters = PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).context("COUNTERS map missing")?)?;
         let contexts = HashMap::try_from(ebpf.take_map(names::CONTEXT_CONFIG).context("CONTEXT_CONFIG map missing")?)?;
         let contexts = (fsbase_offset != 0).then_some(contexts);
-        info!(cpus = attached_cpus.len(), failed = failed_cpus.len(), frequency, ring_bytes, "attached");
-        Ok((LoadedProgram { ebpf, counters, attached_cpus, failed_cpus, ring_bytes }, ring, contexts))
+        let unwind = match unwind_rows {
+            Some(_) => Some(take_unwind_maps(&mut ebpf)?),
+            None => None,
+        };
+        info!(cpus = attached_cpus.len(), failed = failed_cpus.len(), frequency, ring_bytes, verified_insns, "attached");
+        let program = LoadedProgram { ebpf, counters, attached_cpus, failed_cpus, ring_bytes, verified_insns };
+        Ok((program, LoadedMaps { ring, contexts, unwind }))
     }
 
     pub fn counters(&self) -> KernelCounters {
@@ -162,6 +183,15 @@ impl LoadedProgram {
         let info = program.info().ok()?;
         Some((info.run_time(), info.run_count()))
     }
+}
+
+fn take_unwind_maps(ebpf: &mut Ebpf) -> Result<UnwindMaps> {
+    let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("{name} map missing"));
+    Ok(UnwindMaps {
+        rows: aya::maps::Array::try_from(take(names::UNWIND_ROWS)?)?,
+        tables: aya::maps::Array::try_from(take(names::UNWIND_TABLES)?)?,
+        mappings: aya::maps::LpmTrie::try_from(take(names::UNWIND_MAPPINGS)?)?,
+    })
 }
 
 #[cfg(test)]

@@ -15,3 +15,4 @@ pub mod profile_writer;
 pub mod ring_reader;
 pub mod summary;
 pub mod trace_context;
+pub mod unwind_tables;

@@ -21,6 +21,7 @@ use profiler_agent::{
     ebpf_loader::{KernelCounters, LoadedProgram},
     processes::Processes,
     processes,
+    unwind_tables::UnwindTables,
     profile_writer::{Job, ProfileWriter},
     ring_reader::{self, ReaderStats},
 };
@@ -62,8 +63,17 @@ fn interval_comments(k: &KernelCounters, delivered: u64, reader: &ReaderStats, p
 }
 
 async fn run(config: Config) -> Result<()> {
-    let (mut program, ring, context_map) = LoadedProgram::load_and_attach(config.frequency, &config.pids, config.ring_buffer_bytes)?;
-    let mut contexts = context_map
+    let unwind_rows = config.unwind_tables.then_some(config.unwind_table_rows);
+    let (mut program, maps) =
+        LoadedProgram::load_and_attach(config.frequency, &config.pids, config.ring_buffer_bytes, unwind_rows)?;
+    let ring = maps.ring;
+    let mut unwind = maps
+        .unwind
+        .map(|m| UnwindTables::new(m, "/proc", config.unwind_table_rows, profiler_common::MAX_UNWIND_TABLES));
+    if let Some(u) = unwind.as_mut() {
+        u.scan_existing(&config.pids);
+    }
+    let mut contexts = maps.contexts
         .filter(|_| config.trace_context)
         .map(|m| ContextConfigs::new(m, "/proc", !config.include_unsampled));
     if let Some(c) = contexts.as_mut() {
@@ -95,6 +105,7 @@ async fn run(config: Config) -> Result<()> {
     let mut flush_now = |agg: &mut Aggregator,
                          processes: &mut Processes,
                          contexts: &mut Option<ContextConfigs>,
+                         unwind: &mut Option<UnwindTables>,
                          program: &LoadedProgram,
                          reader: &ReaderStats|
      -> Result<()> {
@@ -113,16 +124,20 @@ async fn run(config: Config) -> Result<()> {
         if let Some(c) = contexts.as_mut() {
             c.sweep_exited();
         }
+        if let Some(u) = unwind.as_mut() {
+            u.sweep_exited();
+        }
         writer.submit(Job { interval, comments, drops })
     };
 
     loop {
-        if let Some(c) = contexts.as_mut() {
-            for pid in processes.take_new_pids() {
+        for pid in processes.take_new_pids() {
+            if let Some(c) = contexts.as_mut() {
                 c.on_new_process(pid);
             }
-        } else {
-            processes.take_new_pids();
+            if let Some(u) = unwind.as_mut() {
+                u.on_new_process(pid);
+            }
         }
         tokio::select! {
             guard = ring.readable_mut(), if Instant::now() >= stall_until => {
@@ -137,7 +152,7 @@ async fn run(config: Config) -> Result<()> {
                 if Instant::now() >= stall_until {
                     ring_reader::drain(ring.get_mut(), &mut agg, &mut processes, &mut reader);
                 }
-                flush_now(&mut agg, &mut processes, &mut contexts, &program, &reader)?;
+                flush_now(&mut agg, &mut processes, &mut contexts, &mut unwind, &program, &reader)?;
             }
             _ = sigint.recv() => { info!("SIGINT: writing the last profile"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: writing the last profile"); break; }
@@ -150,7 +165,7 @@ async fn run(config: Config) -> Result<()> {
     // Stop sampling first, so that the final counters and the drained ring agree exactly.
     program.detach();
     ring_reader::drain(ring.get_mut(), &mut agg, &mut processes, &mut reader);
-    flush_now(&mut agg, &mut processes, &mut contexts, &program, &reader)?;
+    flush_now(&mut agg, &mut processes, &mut contexts, &mut unwind, &program, &reader)?;
     writer.finish();
 
     let totals = program.counters();
@@ -165,10 +180,21 @@ async fn run(config: Config) -> Result<()> {
     let maps_unreadable = processes.stats.maps_unreadable;
     let binary_open_failed = processes.stats.binary_open_failed;
     let attach_failed = program.failed_cpus.len();
+    let u = unwind.as_ref().map(|u| u.stats).unwrap_or_default();
+    let (u_tables, u_bytes, u_failed, u_over, u_map_errors, u_build_ms) = (
+        u.tables_built,
+        u.peak_rows * std::mem::size_of::<profiler_common::unwind::UnwindRow>() as u64,
+        u.compile_failed,
+        u.over_budget,
+        u.map_errors,
+        u.build_time.as_millis() as u64,
+    );
     info!(
         "totals {kernel} delivered={delivered} malformed_records={malformed} maps_unreadable={maps_unreadable} \
          binary_open_failed={binary_open_failed} attach_failed_cpus={attach_failed} go_processes={go} \
-         otel_processes={otel} unknown_go_versions={unknown_go}"
+         otel_processes={otel} unknown_go_versions={unknown_go} unwind_tables_built={u_tables} \
+         unwind_table_bytes_peak={u_bytes} unwind_compile_failed={u_failed} unwind_over_budget={u_over} \
+         unwind_map_errors={u_map_errors} unwind_build_ms={u_build_ms}"
     );
     info!(cpus = program.attached_cpus.len(), ring_bytes = program.ring_bytes, "detached");
     if let Some((run_time, runs)) = run_stats {

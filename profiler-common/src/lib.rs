@@ -163,10 +163,22 @@ pub enum Counter {
     LabelsTruncated = 9,
     /// Samples that carry a trace context or labels.
     ContextCaptured = 10,
+    /// User stacks walked with unwind tables (the process had table mappings).
+    UnwindStacks = 11,
+    /// Frames of those walks recovered by the frame-pointer fallback.
+    UnwindFpFrames = 12,
+    /// Table walks by why they ended: `UnwindStopEndOfStack + StopReason as u32`.
+    UnwindStopEndOfStack = 13,
+    UnwindStopNoTable = 14,
+    UnwindStopPcNotCovered = 15,
+    UnwindStopReadFailure = 16,
+    UnwindStopDepthLimit = 17,
+    UnwindStopUnsupportedRow = 18,
+    UnwindStopBadFrame = 19,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 20;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::SamplesTaken,
         Counter::RingBufferFull,
@@ -179,7 +191,29 @@ impl Counter {
         Counter::ContextUnsampled,
         Counter::LabelsTruncated,
         Counter::ContextCaptured,
+        Counter::UnwindStacks,
+        Counter::UnwindFpFrames,
+        Counter::UnwindStopEndOfStack,
+        Counter::UnwindStopNoTable,
+        Counter::UnwindStopPcNotCovered,
+        Counter::UnwindStopReadFailure,
+        Counter::UnwindStopDepthLimit,
+        Counter::UnwindStopUnsupportedRow,
+        Counter::UnwindStopBadFrame,
     ];
+
+    /// The counter of a table walk that ended for `reason`.
+    pub const fn for_stop(reason: unwind::StopReason) -> Counter {
+        match reason {
+            unwind::StopReason::EndOfStack => Counter::UnwindStopEndOfStack,
+            unwind::StopReason::NoTable => Counter::UnwindStopNoTable,
+            unwind::StopReason::PcNotCovered => Counter::UnwindStopPcNotCovered,
+            unwind::StopReason::ReadFailure => Counter::UnwindStopReadFailure,
+            unwind::StopReason::DepthLimit => Counter::UnwindStopDepthLimit,
+            unwind::StopReason::UnsupportedRow => Counter::UnwindStopUnsupportedRow,
+            unwind::StopReason::BadFrame => Counter::UnwindStopBadFrame,
+        }
+    }
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -194,6 +228,15 @@ impl Counter {
             Counter::ContextUnsampled => "context_unsampled",
             Counter::LabelsTruncated => "labels_truncated",
             Counter::ContextCaptured => "context_captured",
+            Counter::UnwindStacks => "unwind_stacks",
+            Counter::UnwindFpFrames => "unwind_fp_frames",
+            Counter::UnwindStopEndOfStack => "unwind_stop_end_of_stack",
+            Counter::UnwindStopNoTable => "unwind_stop_no_table",
+            Counter::UnwindStopPcNotCovered => "unwind_stop_pc_not_covered",
+            Counter::UnwindStopReadFailure => "unwind_stop_read_failure",
+            Counter::UnwindStopDepthLimit => "unwind_stop_depth_limit",
+            Counter::UnwindStopUnsupportedRow => "unwind_stop_unsupported_row",
+            Counter::UnwindStopBadFrame => "unwind_stop_bad_frame",
         }
     }
 }
@@ -213,7 +256,20 @@ pub mod names {
     pub const CONTEXT_CONFIG: &str = "CONTEXT_CONFIG";
     /// `.rodata` global (u64): offsetof(task_struct, thread.fsbase), from kernel BTF.
     pub const TASK_FSBASE_OFFSET: &str = "TASK_FSBASE_OFFSET";
+    /// Unwind-table rows of every binary (`Array<UnwindRow>`, sized by the agent).
+    pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
+    /// Per-table metadata (`Array<UnwindTableInfo>`).
+    pub const UNWIND_TABLES: &str = "UNWIND_TABLES";
+    /// (tgid, address) -> table and bias (`LpmTrie<MappingKey, UnwindMapping>`).
+    pub const UNWIND_MAPPINGS: &str = "UNWIND_MAPPINGS";
 }
+
+/// Entries in `UNWIND_TABLES`: distinct binaries with a table loaded at once.
+pub const MAX_UNWIND_TABLES: u32 = 8192;
+/// Entries in `UNWIND_MAPPINGS` (allocated on use): LPM blocks over all tracked processes.
+pub const MAX_UNWIND_MAPPING_BLOCKS: u32 = 1 << 18;
+/// Default size of `UNWIND_ROWS`: 2M rows of 8 bytes = 16 MiB.
+pub const DEFAULT_UNWIND_ROWS: u32 = 2 << 20;
 
 #[cfg(feature = "user")]
 mod user {

@@ -4,6 +4,7 @@
 #![no_main]
 
 mod context;
+mod unwind;
 
 use core::{ffi::c_void, mem::size_of};
 
@@ -60,6 +61,14 @@ pub(crate) fn count(counter: Counter) {
     }
 }
 
+#[inline(always)]
+pub(crate) fn count_n(counter: Counter, n: u64) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: as in `count`.
+        unsafe { *slot += n };
+    }
+}
+
 #[perf_event]
 pub fn profile_cpu(ctx: PerfEventContext) -> u32 {
     sample(&ctx);
@@ -103,12 +112,17 @@ fn sample(ctx: &PerfEventContext) {
             (*out).comm = [0; COMM_LEN];
         }
 
-        let user = bpf_get_stack(
-            ctx.as_ptr(),
-            (*out).user_stack.as_mut_ptr() as *mut c_void,
-            STACK_BYTES,
-            BPF_F_USER_STACK as u64,
-        );
+        // Processes the agent loaded tables for are walked with them; everything else
+        // (and the agent's --no-unwind-tables) keeps the kernel's frame-pointer walk.
+        let user = match unwind::unwind_user(pid, (*out).user_stack.as_mut_ptr()) {
+            Some(frames) => i64::from(frames) * 8,
+            None => bpf_get_stack(
+                ctx.as_ptr(),
+                (*out).user_stack.as_mut_ptr() as *mut c_void,
+                STACK_BYTES,
+                BPF_F_USER_STACK as u64,
+            ),
+        };
         (*out).user_len = if user < 0 {
             flags |= SAMPLE_FLAG_USER_STACK_ERROR;
             count(Counter::UserStackError);

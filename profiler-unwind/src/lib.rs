@@ -37,7 +37,9 @@ pub mod store;
 pub use profiler_common::unwind::{
     MappingKey, StopReason, UnwindMapping, UnwindRegs as Regs, UnwindRow, UnwindTableInfo, NO_TABLE,
 };
-pub use search::{find_row, lookup_row, search_rows, table_pc, MAX_SEARCH_STEPS};
+pub use search::{
+    find_row, lookup_row, lookup_row_with, search_rows, search_rows_with, table_pc, MAX_SEARCH_STEPS,
+};
 pub use step::{fp_step, step};
 pub use walk::{next_frame, unwind, Caller, Unwound};
 

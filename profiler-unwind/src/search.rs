@@ -11,15 +11,28 @@ pub const MAX_SEARCH_STEPS: u32 = 32;
 /// precedes the first row. `pc_at(i)` returns row `i`'s pc, or `None` if the row cannot be
 /// read, which ends the search with [`StopReason::BadFrame`].
 #[inline(always)]
-pub fn search_rows(
+pub fn search_rows(count: u32, pc: u32, pc_at: impl FnMut(u32) -> Option<u32>) -> Result<Option<u32>, StopReason> {
+    search_rows_with(count, pc, pc_at, |lo, hi| (lo, hi))
+}
+
+/// [`search_rows`] with a hook that sees (and may replace) the bounds before every step.
+///
+/// The eBPF program passes the bounds through map memory here: the verifier then sees them
+/// as unknown numbers, so the paths through one step look alike and it stops exploring each
+/// combination of halvings separately (it otherwise runs out of its instruction budget).
+/// The hook must return its input unchanged.
+#[inline(always)]
+pub fn search_rows_with(
     count: u32,
     pc: u32,
     mut pc_at: impl FnMut(u32) -> Option<u32>,
+    mut launder: impl FnMut(u32, u32) -> (u32, u32),
 ) -> Result<Option<u32>, StopReason> {
     // Invariant: rows below `lo` have pc <= target; rows at or above `hi` have pc > target.
     let mut lo = 0u32;
     let mut hi = count;
     for _ in 0..MAX_SEARCH_STEPS {
+        (lo, hi) = launder(lo, hi);
         if lo >= hi {
             break;
         }
@@ -55,13 +68,24 @@ pub fn find_row(rows: &[UnwindRow], pc: u32) -> Option<&UnwindRow> {
 pub fn lookup_row(
     info: &UnwindTableInfo,
     vaddr: u64,
+    row_at: impl FnMut(u32) -> Option<UnwindRow>,
+) -> Result<UnwindRow, StopReason> {
+    lookup_row_with(info, vaddr, row_at, |lo, hi| (lo, hi))
+}
+
+/// [`lookup_row`] with the bounds hook of [`search_rows_with`].
+#[inline(always)]
+pub fn lookup_row_with(
+    info: &UnwindTableInfo,
+    vaddr: u64,
     mut row_at: impl FnMut(u32) -> Option<UnwindRow>,
+    launder: impl FnMut(u32, u32) -> (u32, u32),
 ) -> Result<UnwindRow, StopReason> {
     let Some(pc) = table_pc(info.pc_base, vaddr) else {
         return Ok(UnwindRow::default());
     };
     let first = info.first_row;
-    let found = search_rows(info.row_count, pc, |i| Some(row_at(first.checked_add(i)?)?.pc))?;
+    let found = search_rows_with(info.row_count, pc, |i| Some(row_at(first.checked_add(i)?)?.pc), launder)?;
     match found {
         Some(i) => row_at(first.checked_add(i).ok_or(StopReason::BadFrame)?).ok_or(StopReason::BadFrame),
         None => Ok(UnwindRow::default()),

@@ -60,6 +60,15 @@ impl<K: Hash + Eq + Clone> TableStore<K> {
         }
     }
 
+    /// One more user of the table already loaded under `key`, if there is one: lets callers
+    /// skip compiling a binary that is already in the map.
+    pub fn share(&mut self, key: &K) -> Option<Placement> {
+        let &id = self.by_key.get(key)?;
+        let entry = self.tables.get_mut(id as usize)?.as_mut()?;
+        entry.users += 1;
+        Some(Placement { table_id: id, info: entry.info, shared: true })
+    }
+
     /// Reserves room for `table` under `key`, or shares the copy already there.
     pub fn insert(&mut self, key: &K, table: &CompiledTable) -> Result<Placement, StoreError> {
         if let Some(&id) = self.by_key.get(key) {
@@ -154,6 +163,9 @@ mod tests {
         assert_eq!((a.info.first_row, a.info.row_count, a.shared), (0, 40, false));
         let a2 = store.insert(&"libc", &table(40)).unwrap();
         assert_eq!((a2.table_id, a2.shared), (a.table_id, true));
+        assert_eq!(store.share(&"exe"), None);
+        assert_eq!(store.share(&"libc").map(|p| (p.table_id, p.shared)), Some((a.table_id, true)));
+        assert!(!store.release(a.table_id));
         let b = store.insert(&"exe", &table(50)).unwrap();
         assert_eq!(b.info.first_row, 40);
         assert_eq!(store.insert(&"big", &table(20)), Err(StoreError::OutOfRows { rows: 20, free: 10 }));

@@ -1,0 +1,297 @@
+//! Compiles `.eh_frame` unwind tables for the executable mappings of profiled processes and
+//! keeps the eBPF program's table maps in step: rows and table info once per binary (shared
+//! across processes), LPM mapping entries per process, removed when the process exits.
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    Array, MapData,
+};
+use profiler_common::unwind::{MappingKey, UnwindMapping, UnwindRow, UnwindTableInfo, NO_TABLE};
+use profiler_unwind::{compile_elf, load_segments, lpm_blocks, mapping_bias, CompileOptions, LoadSegment, TableStore};
+use tracing::{debug, info, warn};
+
+use crate::proc_maps::{self, MapEntry};
+
+/// A binary's identity: (device major, device minor, inode), as `/proc/PID/maps` shows it.
+type FileKey = (u32, u32, u64);
+
+/// The eBPF program's three table maps.
+pub struct UnwindMaps {
+    pub rows: Array<MapData, UnwindRow>,
+    pub tables: Array<MapData, UnwindTableInfo>,
+    pub mappings: LpmTrie<MapData, MappingKey, UnwindMapping>,
+}
+
+/// Everything counted while building and loading tables.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UnwindTableStats {
+    /// Processes with at least one table-covered mapping.
+    pub processes: u64,
+    /// Binaries whose table is loaded right now, and their rows.
+    pub tables: u64,
+    pub rows: u64,
+    /// Tables compiled and loaded since the start, and the most rows loaded at once.
+    pub tables_built: u64,
+    pub peak_rows: u64,
+    /// Binaries that could not be read or compiled (no `.eh_frame`, malformed, not x86-64).
+    pub compile_failed: u64,
+    /// Tables skipped because the row budget or the table ids ran out.
+    pub over_budget: u64,
+    /// Mappings skipped because no PT_LOAD segment matched them.
+    pub no_segment: u64,
+    /// Map writes that failed (LPM trie full, for example).
+    pub map_errors: u64,
+    /// Time spent reading, compiling and loading tables.
+    pub build_time: Duration,
+}
+
+/// A loaded table and the segments needed to compute each mapping's bias.
+struct LoadedFile {
+    table_id: u32,
+    segments: Vec<LoadSegment>,
+}
+
+/// What one process put into the maps, so it can be taken out again.
+#[derive(Default)]
+struct ProcessEntries {
+    keys: Vec<Key<MappingKey>>,
+    tables: Vec<u32>,
+}
+
+pub struct UnwindTables {
+    maps: UnwindMaps,
+    proc_root: PathBuf,
+    row_budget: u32,
+    store: TableStore<FileKey>,
+    files: HashMap<FileKey, LoadedFile>,
+    /// Binaries that failed to compile: not retried while the agent runs.
+    failed: HashSet<FileKey>,
+    /// Binaries that did not fit: retried once some table is released.
+    over_budget: HashSet<FileKey>,
+    procs: HashMap<u32, ProcessEntries>,
+    pub stats: UnwindTableStats,
+}
+
+impl UnwindTables {
+    pub fn new(maps: UnwindMaps, proc_root: impl Into<PathBuf>, row_budget: u32, max_tables: u32) -> Self {
+        UnwindTables {
+            maps,
+            proc_root: proc_root.into(),
+            row_budget,
+            store: TableStore::new(row_budget, max_tables),
+            files: HashMap::new(),
+            failed: HashSet::new(),
+            over_budget: HashSet::new(),
+            procs: HashMap::new(),
+            stats: UnwindTableStats::default(),
+        }
+    }
+
+    /// Loads tables for every running process (or just `pids`), so that their first samples
+    /// are already unwound with them.
+    pub fn scan_existing(&mut self, pids: &[u32]) {
+        let all: Vec<u32> = if pids.is_empty() {
+            std::fs::read_dir(&self.proc_root)
+                .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+                .unwrap_or_default()
+        } else {
+            pids.to_vec()
+        };
+        for pid in all {
+            self.on_new_process(pid);
+        }
+        let s = &self.stats;
+        info!(
+            processes = s.processes,
+            tables = s.tables,
+            rows = s.rows,
+            table_bytes = s.rows * std::mem::size_of::<UnwindRow>() as u64,
+            compile_failed = s.compile_failed,
+            over_budget = s.over_budget,
+            build_ms = s.build_time.as_millis() as u64,
+            "unwind tables loaded"
+        );
+    }
+
+    /// Adds the mapping entries of `pid`, compiling and loading the tables it still lacks.
+    pub fn on_new_process(&mut self, pid: u32) {
+        if self.procs.contains_key(&pid) {
+            return;
+        }
+        let started = Instant::now();
+        let dir = self.proc_root.join(pid.to_string());
+        // Kernel threads and processes that already exited have no maps: nothing to do.
+        let Ok(text) = std::fs::read_to_string(dir.join("maps")) else { return };
+        let Ok(maps) = proc_maps::parse_maps(&text) else { return };
+        let mut entries = ProcessEntries::default();
+        for entry in maps.iter().filter(|m| m.executable && m.is_file()) {
+            if let Err(error) = self.add_mapping(pid, &dir, entry, &mut entries) {
+                self.stats.map_errors += 1;
+                warn!(pid, path = %entry.path, error = format!("{error:#}"), "cannot add unwind mapping");
+            }
+        }
+        if !entries.tables.is_empty() {
+            // Addresses outside every table-covered mapping (vdso, JIT code) still match this
+            // process-wide entry, so the whole stack is walked by the table-aware unwinder,
+            // falling back to frame pointers there.
+            let key = Key::new(32, MappingKey::new(pid, 0));
+            let value = UnwindMapping { bias: 0, table_id: NO_TABLE, _pad: 0 };
+            match self.maps.mappings.insert(&key, value, 0) {
+                Ok(()) => entries.keys.push(key),
+                Err(error) => {
+                    self.stats.map_errors += 1;
+                    warn!(pid, %error, "cannot add the process-wide unwind entry");
+                }
+            }
+            self.stats.processes += 1;
+        }
+        self.procs.insert(pid, entries);
+        self.stats.build_time += started.elapsed();
+    }
+
+    fn add_mapping(&mut self, pid: u32, dir: &Path, entry: &MapEntry, out: &mut ProcessEntries) -> Result<()> {
+        let file = (entry.dev_major, entry.dev_minor, entry.inode);
+        let Some(table_id) = self.table_for(pid, dir, entry, file) else { return Ok(()) };
+        let Some(loaded) = self.files.get(&file) else { return Ok(()) };
+        let Some(bias) = mapping_bias(entry.start, entry.end - entry.start, entry.offset, &loaded.segments) else {
+            self.stats.no_segment += 1;
+            debug!(pid, path = %entry.path, offset = entry.offset, "no PT_LOAD segment for this mapping");
+            self.release(table_id);
+            return Ok(());
+        };
+        out.tables.push(table_id);
+        let value = UnwindMapping { bias, table_id, _pad: 0 };
+        for (data, prefix) in lpm_blocks(pid, entry.start, entry.end) {
+            let key = Key::new(prefix, data);
+            self.maps.mappings.insert(&key, value, 0).context("inserting an LPM block")?;
+            out.keys.push(key);
+        }
+        Ok(())
+    }
+
+    /// The table id for `file`, loading its table if no other process has; one more user
+    /// either way. `None` when the binary has no usable table.
+    fn table_for(&mut self, pid: u32, dir: &Path, entry: &MapEntry, file: FileKey) -> Option<u32> {
+        if self.failed.contains(&file) || self.over_budget.contains(&file) {
+            return None;
+        }
+        if let Some(placement) = self.store.share(&file) {
+            return Some(placement.table_id);
+        }
+        let data = match read_mapped_file(dir, entry) {
+            Ok(data) => data,
+            Err(error) => {
+                self.stats.compile_failed += 1;
+                self.failed.insert(file);
+                debug!(pid, path = %entry.path, error = format!("{error:#}"), "cannot read binary for its unwind table");
+                return None;
+            }
+        };
+        let opts = CompileOptions { max_rows: self.row_budget as usize };
+        let compiled = compile_elf(&data, &opts).map_err(anyhow::Error::from).and_then(|table| {
+            let segments = load_segments(&data)?;
+            Ok((table, segments))
+        });
+        let (table, segments) = match compiled {
+            Ok(ok) => ok,
+            Err(error) => {
+                self.stats.compile_failed += 1;
+                self.failed.insert(file);
+                debug!(pid, path = %entry.path, error = format!("{error:#}"), "no unwind table; frame pointers only");
+                return None;
+            }
+        };
+        let placement = match self.store.insert(&file, &table) {
+            Ok(p) => p,
+            Err(error) => {
+                self.stats.over_budget += 1;
+                self.over_budget.insert(file);
+                warn!(pid, path = %entry.path, rows = table.rows.len(), %error, "unwind table over budget; frame pointers only (raise --unwind-table-rows)");
+                return None;
+            }
+        };
+        if let Err(error) = self.write_table(placement.table_id, &placement.info, &table.rows) {
+            self.stats.map_errors += 1;
+            warn!(pid, path = %entry.path, error = format!("{error:#}"), "cannot write unwind table");
+            self.store.release(placement.table_id);
+            self.failed.insert(file);
+            return None;
+        }
+        self.stats.tables += 1;
+        self.stats.tables_built += 1;
+        self.stats.rows = u64::from(self.row_budget - self.store.free_rows());
+        self.stats.peak_rows = self.stats.peak_rows.max(self.stats.rows);
+        debug!(
+            path = %entry.path,
+            rows = table.rows.len(),
+            bytes = table.size_bytes(),
+            fdes = table.stats.fdes,
+            unsupported = table.stats.unsupported.total(),
+            "unwind table loaded"
+        );
+        self.files.insert(file, LoadedFile { table_id: placement.table_id, segments });
+        Some(placement.table_id)
+    }
+
+    fn write_table(&mut self, table_id: u32, info: &UnwindTableInfo, rows: &[UnwindRow]) -> Result<()> {
+        for (i, row) in rows.iter().enumerate() {
+            self.maps.rows.set(info.first_row + i as u32, row, 0).context("writing a row")?;
+        }
+        // The info goes last: until it is written the kernel finds an empty table.
+        self.maps.tables.set(table_id, info, 0).context("writing the table info")
+    }
+
+    /// Drops one user of `table_id`, freeing the table when it was the last.
+    fn release(&mut self, table_id: u32) {
+        if !self.store.release(table_id) {
+            return;
+        }
+        if let Err(error) = self.maps.tables.set(table_id, UnwindTableInfo::default(), 0) {
+            warn!(table_id, %error, "cannot clear unwind table info");
+        }
+        if let Some((&file, _)) = self.files.iter().find(|(_, f)| f.table_id == table_id) {
+            self.files.remove(&file);
+            self.stats.tables = self.stats.tables.saturating_sub(1);
+        }
+        self.stats.rows = u64::from(self.row_budget - self.store.free_rows());
+        // Room was freed: binaries that did not fit may fit now.
+        self.over_budget.clear();
+    }
+
+    /// Removes the entries of processes that exited, and frees tables no process uses.
+    pub fn sweep_exited(&mut self) {
+        let root = &self.proc_root;
+        let gone: Vec<u32> = self.procs.keys().copied().filter(|pid| !root.join(pid.to_string()).exists()).collect();
+        for pid in gone {
+            let Some(entries) = self.procs.remove(&pid) else { continue };
+            for key in &entries.keys {
+                if let Err(error) = self.maps.mappings.remove(key) {
+                    debug!(pid, %error, "removing an LPM block failed");
+                }
+            }
+            for table_id in entries.tables {
+                self.release(table_id);
+            }
+        }
+    }
+
+    /// Bytes of rows loaded right now.
+    pub fn table_bytes(&self) -> u64 {
+        u64::from(self.row_budget - self.store.free_rows()) * std::mem::size_of::<UnwindRow>() as u64
+    }
+}
+
+/// The file behind a mapping: through map_files (works for deleted files and other mount
+/// namespaces), else through the process's root.
+fn read_mapped_file(dir: &Path, entry: &MapEntry) -> Result<Vec<u8>> {
+    let by_range = dir.join("map_files").join(format!("{:x}-{:x}", entry.start, entry.end));
+    std::fs::read(&by_range)
+        .or_else(|_| std::fs::read(dir.join("root").join(entry.path.trim_start_matches('/'))))
+        .with_context(|| format!("reading {}", entry.path))
+}

@@ -1,0 +1,117 @@
+//! End-to-end: code without frame pointers (C at -O2 through Debian's libc, a Rust release
+//! binary) is unwound in the kernel from the agent's .eh_frame tables, down to main.
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use common::*;
+
+const HZ: &str = "199";
+
+/// Runs a gated fixture for `secs` under the agent filtered to its pid; returns its samples
+/// and the agent log.
+fn profile(exe: &Path, secs: &str, out: &Path, extra: &[&str]) -> (Vec<FlatSample>, Vec<String>) {
+    let mut fixture = Gated::start(exe, &[secs]);
+    let pid = fixture.pid().to_string();
+    let mut args = vec!["--pid", pid.as_str(), "--frequency", HZ, "--profile-interval", "60"];
+    args.extend_from_slice(extra);
+    let agent = Agent::start(out, &args);
+    fixture.go();
+    let pid = fixture.pid();
+    fixture.finish();
+    let log = agent.stop();
+    let samples = read_profiles(out).iter().flat_map(|(_, p)| flatten(p)).filter(|s| s.pid == pid as i64).collect();
+    (samples, log)
+}
+
+fn is(name: &str, want: &str) -> bool {
+    name == want || name.strip_suffix(want).is_some_and(|head| head.ends_with("::"))
+}
+
+/// The sample's user frames hold leaf, middle, outer, main back to back, and a sample that
+/// reached `callback` crossed `through` (libc's qsort) on the way up to leaf.
+fn whole_chain(s: &FlatSample, callback: &str, through: Option<&str>) -> bool {
+    let user: Vec<&(String, String)> = s.frames.iter().filter(|(_, m)| m != "[kernel.kallsyms]").collect();
+    let Some(at) = user.iter().position(|(f, _)| is(f, "leaf")) else { return false };
+    let chain = ["leaf", "middle", "outer", "main"];
+    if user.len() < at + chain.len() || !chain.iter().zip(&user[at..]).all(|(want, (f, _))| is(f, want)) {
+        return false;
+    }
+    match (through, user[..at].iter().position(|(f, _)| is(f, callback))) {
+        (Some(lib), Some(cb)) => user[cb + 1..at].iter().any(|(_, m)| m.contains(lib)),
+        _ => true,
+    }
+}
+
+fn check(samples: &[FlatSample], log: &[String], callback: &str, through: Option<&str>) {
+    let total: i64 = samples.iter().map(|s| s.count).sum();
+    let whole: i64 = samples.iter().filter(|s| whole_chain(s, callback, through)).map(|s| s.count).sum();
+    let t = totals(log);
+    let share = whole as f64 / total.max(1) as f64;
+    eprintln!("whole chain in {whole}/{total} samples ({:.1}%); totals {t:?}", share * 100.0);
+    assert!(total > 100, "too few samples: {total}");
+    let broken: Vec<_> = samples.iter().filter(|s| !whole_chain(s, callback, through)).take(5).collect();
+    assert!(share >= 0.95, "only {whole}/{total} samples show the whole chain; e.g. {broken:#?}");
+    assert!(t["unwind_stacks"] > 0, "{t:?}");
+    assert!(t["unwind_tables_built"] > 0, "{t:?}");
+    // Not vacuous: most samples are in the callback, deep inside the sort.
+    let in_callback: i64 = samples
+        .iter()
+        .filter(|s| s.frames.iter().any(|(f, _)| is(f, callback)))
+        .map(|s| s.count)
+        .sum();
+    assert!(in_callback * 2 > total, "only {in_callback}/{total} samples in {callback}");
+}
+
+fn build_rust(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chain_nofp.rs");
+    let out = dir.join("chain_nofp");
+    let status = Command::new("rustc")
+        .args(["-C", "opt-level=2", "-C", "force-frame-pointers=no", "-g", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("run rustc");
+    assert!(status.success(), "rustc failed on {}", src.display());
+    out
+}
+
+#[test]
+fn c_without_frame_pointers_unwinds_through_libc_to_main() {
+    require_root();
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_c(dir.path(), "qsort_chain", &["-O2", "-fomit-frame-pointer"]);
+    let (samples, log) = profile(&exe, "4", &dir.path().join("profiles"), &[]);
+    check(&samples, &log, "by_value", Some("libc.so"));
+}
+
+#[test]
+fn rust_release_without_frame_pointers_unwinds_to_main() {
+    require_root();
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_rust(dir.path());
+    let (samples, log) = profile(&exe, "4", &dir.path().join("profiles"), &[]);
+    check(&samples, &log, "by_value", None);
+}
+
+#[test]
+fn disabled_tables_leave_frame_pointer_stacks() {
+    require_root();
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_c(dir.path(), "qsort_chain", &["-O2", "-fomit-frame-pointer"]);
+    let (samples, log) = profile(&exe, "2", &dir.path().join("profiles"), &["--no-unwind-tables"]);
+    let t = totals(&log);
+    assert_eq!(t["unwind_stacks"], 0, "{t:?}");
+    assert_eq!(t["unwind_tables_built"], 0, "{t:?}");
+    // Frame pointers alone lose the chain in this fixture: that is what the tables fix.
+    let total: i64 = samples.iter().map(|s| s.count).sum();
+    let whole: i64 = samples.iter().filter(|s| whole_chain(s, "by_value", Some("libc.so"))).map(|s| s.count).sum();
+    eprintln!("frame pointers only: whole chain in {whole}/{total} samples");
+    assert!(total > 50 && whole * 2 < total, "{whole}/{total}");
+}
