@@ -70,7 +70,8 @@ pub struct UnwindTables {
     row_budget: u32,
     store: TableStore<FileKey>,
     files: HashMap<FileKey, LoadedFile>,
-    /// Binaries that failed to compile: not retried while the agent runs.
+    /// Binaries that failed to compile, or whose table exceeds the whole budget: not
+    /// retried while the agent runs.
     failed: HashSet<FileKey>,
     /// Binaries that did not fit: retried once some table is released.
     over_budget: HashSet<FileKey>,
@@ -194,10 +195,16 @@ impl UnwindTables {
             }
         };
         let opts = CompileOptions { max_rows: self.row_budget as usize };
-        let compiled = compile_elf(&data, &opts).map_err(anyhow::Error::from).and_then(|table| {
-            let segments = load_segments(&data)?;
-            Ok((table, segments))
-        });
+        let compiled = match compile_elf(&data, &opts) {
+            Err(profiler_unwind::Error::TooManyRows { limit }) => {
+                // Never fits, however much is freed: not retried.
+                self.stats.over_budget += 1;
+                self.failed.insert(file);
+                warn!(pid, path = %entry.path, limit, "unwind table larger than the whole row budget; frame pointers only (raise --unwind-table-rows)");
+                return None;
+            }
+            compiled => compiled.map_err(anyhow::Error::from).and_then(|table| Ok((table, load_segments(&data)?))),
+        };
         let (table, segments) = match compiled {
             Ok(ok) => ok,
             Err(error) => {

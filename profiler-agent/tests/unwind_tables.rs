@@ -115,3 +115,18 @@ fn disabled_tables_leave_frame_pointer_stacks() {
     eprintln!("frame pointers only: whole chain in {whole}/{total} samples");
     assert!(total > 50 && whole * 2 < total, "{whole}/{total}");
 }
+
+#[test]
+fn tables_over_the_row_budget_are_skipped_and_counted() {
+    require_root();
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_c(dir.path(), "qsort_chain", &["-O2", "-fomit-frame-pointer"]);
+    // Room for the fixture's own small table, not for libc's (about 23k rows).
+    let (samples, log) = profile(&exe, "2", &dir.path().join("profiles"), &["--unwind-table-rows", "5000"]);
+    let t = totals(&log);
+    assert!(t["unwind_over_budget"] > 0, "{t:?}");
+    assert!(t["unwind_table_bytes_peak"] <= 5000 * 8, "{t:?}");
+    assert_eq!(t["samples_taken"], t["delivered"] + t["ring_buffer_full"], "{t:?}");
+    assert!(samples.iter().map(|s| s.count).sum::<i64>() > 50);
+}

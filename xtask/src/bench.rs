@@ -75,6 +75,15 @@ struct AgentRun {
     workload_secs: f64,
     bpf_ns_per_run: Option<u64>,
     samples: Option<u64>,
+    log: Vec<String>,
+}
+
+impl AgentRun {
+    /// The number after `key` on the first log line containing every one of `needles`.
+    fn field(&self, needles: &[&str], key: &str) -> Option<u64> {
+        let line = self.log.iter().find(|l| needles.iter().all(|n| l.contains(n)))?;
+        line.split_whitespace().find_map(|w| w.strip_prefix(key)?.parse().ok())
+    }
 }
 
 fn profile_with_agent(exe: &Path, iterations: u64, hz: u64, out_dir: &Path) -> Result<AgentRun> {
@@ -88,7 +97,8 @@ fn run_agent_around(workload: impl FnOnce() -> Result<f64>, agent_args: &[&str],
         .args(agent_args)
         .args(["--profile-interval", "10", "--output-dir"])
         .arg(out_dir)
-        .env("RUST_LOG", "info")
+        // Per-binary unwind-table sizes are logged at debug level.
+        .env("RUST_LOG", "info,profiler_agent::unwind_tables=debug")
         .stderr(Stdio::piped())
         .spawn()?;
     let log = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -111,18 +121,11 @@ fn run_agent_around(workload: impl FnOnce() -> Result<f64>, agent_args: &[&str],
     sigint(&child);
     let usage = wait_with_usage(&mut child)?;
     let _ = reader.join();
-    let log = log.lock().unwrap();
-    let field = |needle: &str, key: &str| -> Option<u64> {
-        let line = log.iter().find(|l| l.contains(needle))?;
-        line.split_whitespace().find_map(|w| w.strip_prefix(key)?.parse().ok())
-    };
-    Ok(AgentRun {
-        usage,
-        startup_cpu,
-        workload_secs,
-        bpf_ns_per_run: field("bpf program run time", "ns_per_run="),
-        samples: field(" totals ", "delivered="),
-    })
+    let log = log.lock().unwrap().clone();
+    let mut run = AgentRun { usage, startup_cpu, workload_secs, bpf_ns_per_run: None, samples: None, log };
+    run.bpf_ns_per_run = run.field(&["bpf program run time"], "ns_per_run=");
+    run.samples = run.field(&[" totals "], "delivered=");
+    Ok(run)
 }
 
 fn profile_with_perf(exe: &Path, iterations: u64, hz: u64, data: &Path) -> Result<(Usage, f64)> {
@@ -202,6 +205,71 @@ fn label_capture_cost(dir: &Path, seconds: u64) -> Result<Vec<(&'static str, Opt
     Ok(rows)
 }
 
+/// Runs a stdin-gated fixture (`exe SECONDS`, waits for a line) under the agent filtered to
+/// its pid.
+fn profile_gated(exe: &Path, seconds: u64, agent_args: &[&str], out_dir: &Path) -> Result<AgentRun> {
+    let mut fixture = Command::new(exe).arg(seconds.to_string()).stdin(Stdio::piped()).stdout(Stdio::null()).spawn()?;
+    let pid = fixture.id().to_string();
+    let mut args = vec!["--pid", pid.as_str()];
+    args.extend_from_slice(agent_args);
+    let mut stdin = fixture.stdin.take().context("fixture stdin")?;
+    run_agent_around(
+        || {
+            let start = Instant::now();
+            std::io::Write::write_all(&mut stdin, b"go\n")?;
+            fixture.wait()?;
+            Ok(start.elapsed().as_secs_f64())
+        },
+        &args,
+        out_dir,
+    )
+}
+
+/// What unwinding from .eh_frame tables costs, against the frame-pointer path.
+struct UnwindCost {
+    /// BPF ns/sample on C built with -O2 -fomit-frame-pointer (main -> ... -> qsort -> callback).
+    with_tables_ns: Option<u64>,
+    frame_pointers_ns: Option<u64>,
+    libc_bytes: Option<u64>,
+    /// Host-wide start: processes with tables, table bytes, build time, and agent CPU before
+    /// it was ready with and without tables.
+    host_processes: Option<u64>,
+    host_bytes: Option<u64>,
+    host_build_ms: Option<u64>,
+    startup_cpu_tables: Duration,
+    startup_cpu_no_tables: Duration,
+}
+
+fn unwind_cost(dir: &Path, seconds: u64) -> Result<UnwindCost> {
+    let exe = dir.join("qsort_chain");
+    let src = workspace_root().join("profiler-agent/tests/fixtures/qsort_chain.c");
+    util::run(Command::new("gcc").args(["-O2", "-fomit-frame-pointer", "-o"]).arg(&exe).arg(&src))?;
+    let profiles = dir.join("profiles-unwind");
+    let tables = profile_gated(&exe, seconds, &["--frequency", "99"], &profiles)?;
+    let fp = profile_gated(&exe, seconds, &["--frequency", "99", "--no-unwind-tables"], &profiles)?;
+    // Host-wide, only to measure the start: tables for every running process.
+    let idle = || {
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(0.0)
+    };
+    let host = run_agent_around(idle, &["--frequency", "19"], &profiles)?;
+    let host_fp = run_agent_around(idle, &["--frequency", "19", "--no-unwind-tables"], &profiles)?;
+    Ok(UnwindCost {
+        with_tables_ns: tables.bpf_ns_per_run,
+        frame_pointers_ns: fp.bpf_ns_per_run,
+        libc_bytes: tables.field(&["unwind table loaded", "/libc.so"], "bytes="),
+        host_processes: host.field(&["unwind tables loaded"], "processes="),
+        host_bytes: host.field(&["unwind tables loaded"], "table_bytes="),
+        host_build_ms: host.field(&["unwind tables loaded"], "build_ms="),
+        startup_cpu_tables: host.startup_cpu,
+        startup_cpu_no_tables: host_fp.startup_cpu,
+    })
+}
+
+fn or_na(v: Option<u64>) -> String {
+    v.map(|n| n.to_string()).unwrap_or_else(|| "n/a".into())
+}
+
 pub fn run(seconds: u64, frequencies: &[u64]) -> Result<()> {
     let dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -229,6 +297,9 @@ pub fn run(seconds: u64, frequencies: &[u64]) -> Result<()> {
     step("99 Hz: BPF cost of reading Go labels");
     let label_rows = label_capture_cost(&dir, seconds.min(5))?;
 
+    step("99 Hz: BPF cost of .eh_frame unwinding, and table memory");
+    let unwind = unwind_cost(&dir, seconds.min(5))?;
+
     println!("\nWorkload: {iterations} iterations of a CPU-bound C loop, baseline {baseline:.3} s (median of 3).\n");
     println!("| Hz | agent CPU (ms) | of which startup | perf CPU (ms) | agent/perf | BPF ns/sample | samples | slowdown agent | slowdown perf | agent peak RSS (MiB) | perf peak RSS (MiB) |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -253,5 +324,18 @@ pub fn run(seconds: u64, frequencies: &[u64]) -> Result<()> {
     for (name, ns) in label_rows {
         println!("| {name} | {} |", ns.map(|n| n.to_string()).unwrap_or_else(|| "n/a".into()));
     }
+    println!("\nUser-stack unwinding at 99 Hz on C built with -O2 -fomit-frame-pointer (main -> outer -> middle -> leaf -> libc qsort -> callback):\n");
+    println!("| mode | BPF ns/sample |");
+    println!("|---|---:|");
+    println!("| .eh_frame tables | {} |", or_na(unwind.with_tables_ns));
+    println!("| frame pointers only (--no-unwind-tables) | {} |", or_na(unwind.frame_pointers_ns));
+    println!("\nUnwind tables: libc {} bytes; host-wide start: {} processes, {} bytes of tables, {} ms building them; agent CPU until ready {} ms with tables, {} ms without.",
+        or_na(unwind.libc_bytes),
+        or_na(unwind.host_processes),
+        or_na(unwind.host_bytes),
+        or_na(unwind.host_build_ms),
+        unwind.startup_cpu_tables.as_millis(),
+        unwind.startup_cpu_no_tables.as_millis(),
+    );
     Ok(())
 }
