@@ -125,7 +125,7 @@ async fn run(config: Config) -> Result<()> {
             c.sweep_exited();
         }
         if let Some(u) = unwind.as_mut() {
-            u.sweep_exited();
+            u.refresh();
         }
         writer.submit(Job { interval, comments, drops })
     };

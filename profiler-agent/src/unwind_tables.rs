@@ -57,11 +57,23 @@ struct LoadedFile {
     segments: Vec<LoadSegment>,
 }
 
-/// What one process put into the maps, so it can be taken out again.
+/// One executable mapping: start, end, file offset, file.
+type MappingId = (u64, u64, u64, FileKey);
+
+/// What one mapping put into the maps, so it can be taken out again.
+#[derive(Default)]
+struct MappingEntries {
+    keys: Vec<Key<MappingKey>>,
+    /// The table the mapping holds a use of; None when the binary has no usable table.
+    table_id: Option<u32>,
+}
+
+/// What one process put into the maps.
 #[derive(Default)]
 struct ProcessEntries {
-    keys: Vec<Key<MappingKey>>,
-    tables: Vec<u32>,
+    /// The process-wide `NO_TABLE` entry, present once any mapping has a table.
+    process_key: Option<Key<MappingKey>>,
+    mappings: HashMap<MappingId, MappingEntries>,
 }
 
 pub struct UnwindTables {
@@ -122,41 +134,68 @@ impl UnwindTables {
 
     /// Adds the mapping entries of `pid`, compiling and loading the tables it still lacks.
     pub fn on_new_process(&mut self, pid: u32) {
-        if self.procs.contains_key(&pid) {
-            return;
+        if !self.procs.contains_key(&pid) {
+            self.sync(pid);
         }
+    }
+
+    /// Brings the entries of `pid` in line with its current maps: mappings that appeared
+    /// (dlopen, exec) are added, mappings that went away are removed with their tables.
+    fn sync(&mut self, pid: u32) {
         let started = Instant::now();
         let dir = self.proc_root.join(pid.to_string());
-        // Kernel threads and processes that already exited have no maps: nothing to do.
-        let Ok(text) = std::fs::read_to_string(dir.join("maps")) else { return };
-        let Ok(maps) = proc_maps::parse_maps(&text) else { return };
-        let mut entries = ProcessEntries::default();
-        for entry in maps.iter().filter(|m| m.executable && m.is_file()) {
-            if let Err(error) = self.add_mapping(pid, &dir, entry, &mut entries) {
+        // Kernel threads and processes that already exited have no maps: nothing to add.
+        let maps = std::fs::read_to_string(dir.join("maps")).ok().and_then(|t| proc_maps::parse_maps(&t).ok());
+        let Some(maps) = maps else {
+            self.remove_process(pid);
+            return;
+        };
+        let wanted: HashMap<MappingId, &MapEntry> = maps
+            .iter()
+            .filter(|m| m.executable && m.is_file())
+            .map(|m| ((m.start, m.end, m.offset, (m.dev_major, m.dev_minor, m.inode)), m))
+            .collect();
+        let mut entries = self.procs.remove(&pid).unwrap_or_default();
+        let stale: Vec<MappingId> = entries.mappings.keys().filter(|id| !wanted.contains_key(id)).copied().collect();
+        for id in stale {
+            if let Some(old) = entries.mappings.remove(&id) {
+                self.remove_mapping(pid, old);
+            }
+        }
+        for (id, entry) in wanted {
+            if entries.mappings.contains_key(&id) {
+                continue;
+            }
+            let mut added = MappingEntries::default();
+            if let Err(error) = self.add_mapping(pid, &dir, entry, &mut added) {
                 self.stats.map_errors += 1;
                 warn!(pid, path = %entry.path, error = format!("{error:#}"), "cannot add unwind mapping");
             }
+            entries.mappings.insert(id, added);
         }
-        if !entries.tables.is_empty() {
+        let has_tables = entries.mappings.values().any(|m| m.table_id.is_some());
+        if has_tables && entries.process_key.is_none() {
             // Addresses outside every table-covered mapping (vdso, JIT code) still match this
             // process-wide entry, so the whole stack is walked by the table-aware unwinder,
             // falling back to frame pointers there.
             let key = Key::new(32, MappingKey::new(pid, 0));
             let value = UnwindMapping { bias: 0, table_id: NO_TABLE, _pad: 0 };
             match self.maps.mappings.insert(&key, value, 0) {
-                Ok(()) => entries.keys.push(key),
+                Ok(()) => {
+                    entries.process_key = Some(key);
+                    self.stats.processes += 1;
+                }
                 Err(error) => {
                     self.stats.map_errors += 1;
                     warn!(pid, %error, "cannot add the process-wide unwind entry");
                 }
             }
-            self.stats.processes += 1;
         }
         self.procs.insert(pid, entries);
         self.stats.build_time += started.elapsed();
     }
 
-    fn add_mapping(&mut self, pid: u32, dir: &Path, entry: &MapEntry, out: &mut ProcessEntries) -> Result<()> {
+    fn add_mapping(&mut self, pid: u32, dir: &Path, entry: &MapEntry, out: &mut MappingEntries) -> Result<()> {
         let file = (entry.dev_major, entry.dev_minor, entry.inode);
         let Some(table_id) = self.table_for(pid, dir, entry, file) else { return Ok(()) };
         let Some(loaded) = self.files.get(&file) else { return Ok(()) };
@@ -166,7 +205,7 @@ impl UnwindTables {
             self.release(table_id);
             return Ok(());
         };
-        out.tables.push(table_id);
+        out.table_id = Some(table_id);
         let value = UnwindMapping { bias, table_id, _pad: 0 };
         for (data, prefix) in lpm_blocks(pid, entry.start, entry.end) {
             let key = Key::new(prefix, data);
@@ -174,6 +213,29 @@ impl UnwindTables {
             out.keys.push(key);
         }
         Ok(())
+    }
+
+    fn remove_mapping(&mut self, pid: u32, entries: MappingEntries) {
+        for key in &entries.keys {
+            if let Err(error) = self.maps.mappings.remove(key) {
+                debug!(pid, %error, "removing an LPM block failed");
+            }
+        }
+        if let Some(table_id) = entries.table_id {
+            self.release(table_id);
+        }
+    }
+
+    fn remove_process(&mut self, pid: u32) {
+        let Some(entries) = self.procs.remove(&pid) else { return };
+        if let Some(key) = entries.process_key {
+            if let Err(error) = self.maps.mappings.remove(&key) {
+                debug!(pid, %error, "removing the process-wide entry failed");
+            }
+        }
+        for (_, mapping) in entries.mappings {
+            self.remove_mapping(pid, mapping);
+        }
     }
 
     /// The table id for `file`, loading its table if no other process has; one more user
@@ -271,20 +333,13 @@ impl UnwindTables {
         self.over_budget.clear();
     }
 
-    /// Removes the entries of processes that exited, and frees tables no process uses.
-    pub fn sweep_exited(&mut self) {
-        let root = &self.proc_root;
-        let gone: Vec<u32> = self.procs.keys().copied().filter(|pid| !root.join(pid.to_string()).exists()).collect();
-        for pid in gone {
-            let Some(entries) = self.procs.remove(&pid) else { continue };
-            for key in &entries.keys {
-                if let Err(error) = self.maps.mappings.remove(key) {
-                    debug!(pid, %error, "removing an LPM block failed");
-                }
-            }
-            for table_id in entries.tables {
-                self.release(table_id);
-            }
+    /// Removes the entries of processes that exited and frees tables no process uses, and
+    /// follows the mappings of the others (dlopen, dlclose, exec). Called once per profile
+    /// interval.
+    pub fn refresh(&mut self) {
+        let pids: Vec<u32> = self.procs.keys().copied().collect();
+        for pid in pids {
+            self.sync(pid);
         }
     }
 

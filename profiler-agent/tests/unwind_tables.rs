@@ -14,9 +14,15 @@ const HZ: &str = "199";
 /// Runs a gated fixture for `secs` under the agent filtered to its pid; returns its samples
 /// and the agent log.
 fn profile(exe: &Path, secs: &str, out: &Path, extra: &[&str]) -> (Vec<FlatSample>, Vec<String>) {
-    let mut fixture = Gated::start(exe, &[secs]);
+    profile_gated(Gated::start(exe, &[secs]), out, extra)
+}
+
+fn profile_gated(mut fixture: Gated, out: &Path, extra: &[&str]) -> (Vec<FlatSample>, Vec<String>) {
     let pid = fixture.pid().to_string();
-    let mut args = vec!["--pid", pid.as_str(), "--frequency", HZ, "--profile-interval", "60"];
+    let mut args = vec!["--pid", pid.as_str(), "--frequency", HZ];
+    if !extra.contains(&"--profile-interval") {
+        args.extend(["--profile-interval", "60"]);
+    }
     args.extend_from_slice(extra);
     let agent = Agent::start(out, &args);
     fixture.go();
@@ -129,4 +135,24 @@ fn tables_over_the_row_budget_are_skipped_and_counted() {
     assert!(t["unwind_table_bytes_peak"] <= 5000 * 8, "{t:?}");
     assert_eq!(t["samples_taken"], t["delivered"] + t["ring_buffer_full"], "{t:?}");
     assert!(samples.iter().map(|s| s.count).sum::<i64>() > 50);
+}
+
+#[test]
+fn exec_into_a_new_binary_gets_its_tables() {
+    require_root();
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_c(dir.path(), "qsort_chain", &["-O2", "-fomit-frame-pointer"]);
+    // The agent first sees a shell; after the gate the same pid execs the fixture, whose
+    // mappings the agent picks up at its next profile interval (1 s here).
+    let script = "read gate; exec \"$0\" 5 <<EOF\ngo\nEOF\n";
+    let shell = Gated::start(Path::new("/bin/sh"), &["-c", script, exe.to_str().unwrap()]);
+    let (samples, log) = profile_gated(shell, &dir.path().join("profiles"), &["--profile-interval", "1"]);
+    let total: i64 = samples.iter().map(|s| s.count).sum();
+    let whole: i64 = samples.iter().filter(|s| whole_chain(s, "by_value", Some("libc.so"))).map(|s| s.count).sum();
+    let t = totals(&log);
+    eprintln!("after exec: whole chain in {whole}/{total} samples; totals {t:?}");
+    assert!(total > 100, "{total}");
+    // Up to one interval of samples may still see the shell's entries.
+    assert!(whole as f64 >= 0.6 * total as f64, "{whole}/{total}");
 }
