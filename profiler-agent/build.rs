@@ -7,6 +7,12 @@ fn main() -> Result<()> {
     prost_build::compile_protos(&["proto/profile.proto"], &["proto/"])
         .context("compiling profile.proto")?;
 
+    // aya-build only watches the eBPF crate's own directory; the no_std crates it links in
+    // must trigger a rebuild too, or the embedded object silently goes stale.
+    for dep in ["profiler-common", "profiler-unwind"] {
+        println!("cargo:rerun-if-changed={}/../{dep}/src", env!("CARGO_MANIFEST_DIR"));
+        println!("cargo:rerun-if-changed={}/../{dep}/Cargo.toml", env!("CARGO_MANIFEST_DIR"));
+    }
     let ebpf = aya_build::Package {
         name: "profiler-ebpf",
         root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../profiler-ebpf"),

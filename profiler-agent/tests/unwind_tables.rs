@@ -156,3 +156,27 @@ fn exec_into_a_new_binary_gets_its_tables() {
     // Up to one interval of samples may still see the shell's entries.
     assert!(whole as f64 >= 0.6 * total as f64, "{whole}/{total}");
 }
+
+#[test]
+fn go_calling_c_through_cgo_shows_both_in_one_stack() {
+    require_root();
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_go_cgo("1.27.3", "cgo_chain", dir.path());
+    let (samples, log) = profile(&exe, "4", &dir.path().join("profiles"), &[]);
+    let total: i64 = samples.iter().map(|s| s.count).sum();
+    let chain = ["c_leaf", "c_middle"];
+    let go_chain = ["main.goInner", "main.goOuter", "main.main"];
+    let mixed = |s: &FlatSample| {
+        let names: Vec<&str> = s.frames.iter().map(|(f, _)| f.as_str()).collect();
+        let Some(c) = names.iter().position(|f| *f == "c_leaf") else { return false };
+        let Some(g) = names.iter().position(|f| *f == "main.goInner") else { return false };
+        names[c..c + 2] == chain && g > c && names.len() >= g + 3 && names[g..g + 3] == go_chain
+    };
+    let whole: i64 = samples.iter().filter(|s| mixed(s)).map(|s| s.count).sum();
+    let t = totals(&log);
+    eprintln!("cgo: C and Go frames together in {whole}/{total} samples; totals {t:?}");
+    assert!(total > 100, "{total}");
+    let broken: Vec<_> = samples.iter().filter(|s| !mixed(s)).take(3).collect();
+    assert!(whole as f64 >= 0.9 * total as f64, "{whole}/{total}; e.g. {broken:#?}");
+}

@@ -35,6 +35,13 @@ pub const CFA_PLT: u8 = 5;
 /// recovered rip is the interrupted instruction itself, not a return address.
 pub const CFA_SIGNAL_FRAME: u8 = 6;
 
+/// The caller runs on another stack: Go's `asmcgocall`, which C code called through cgo returns
+/// into on the system stack, before it switches back to the goroutine's stack. Its CFI does not
+/// describe the switch, but it set up a frame pointer on the goroutine stack first: follow rbp
+/// (saved rbp at rbp, return address at rbp + 8) without requiring the caller's frame to lie
+/// above this one. The depth limit bounds a bogus chain.
+pub const CFA_STACK_SWITCH: u8 = 7;
+
 /// Offsets from rsp in `__restore_rt` to the saved registers: `ucontext_t.uc_mcontext` starts
 /// 40 bytes in (flags, link, 24-byte `stack_t`), then `gregs[REG_RBP = 10]`,
 /// `gregs[REG_RSP = 15]` and `gregs[REG_RIP = 16]`, 8 bytes each.

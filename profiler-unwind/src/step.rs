@@ -2,7 +2,7 @@
 
 use profiler_common::unwind::{
     StopReason, UnwindRegs as Regs, UnwindRow, CFA_END_OF_STACK, CFA_NOT_COVERED, CFA_PLT, CFA_RBP, CFA_RSP,
-    CFA_SIGNAL_FRAME, RBP_AT_CFA, RBP_UNCHANGED, UCONTEXT_RBP, UCONTEXT_RIP, UCONTEXT_RSP,
+    CFA_SIGNAL_FRAME, CFA_STACK_SWITCH, RBP_AT_CFA, RBP_UNCHANGED, UCONTEXT_RBP, UCONTEXT_RIP, UCONTEXT_RSP,
 };
 
 /// The caller's registers according to `row`, which must be the row covering `regs.rip`.
@@ -16,6 +16,9 @@ pub fn step(
 ) -> Result<Regs, StopReason> {
     if row.cfa_kind() == CFA_SIGNAL_FRAME {
         return signal_step(regs, read_u64);
+    }
+    if row.cfa_kind() == CFA_STACK_SWITCH {
+        return frame_record_step(regs, read_u64, false);
     }
     let offset = row.cfa_offset_bytes();
     let cfa = match row.cfa_kind() {
@@ -71,11 +74,22 @@ fn signal_step(regs: &Regs, mut read_u64: impl FnMut(u64) -> Option<u64>) -> Res
 /// the return address above it. An implausible rbp (below rsp, misaligned) gives
 /// [`StopReason::BadFrame`], which callers translate into why they had to guess.
 #[inline(always)]
-pub fn fp_step(regs: &Regs, mut read_u64: impl FnMut(u64) -> Option<u64>) -> Result<Regs, StopReason> {
+pub fn fp_step(regs: &Regs, read_u64: impl FnMut(u64) -> Option<u64>) -> Result<Regs, StopReason> {
+    frame_record_step(regs, read_u64, true)
+}
+
+/// The frame record at rbp; `same_stack` requires it to lie above rsp (anything else is a
+/// guess gone wrong, except across a known stack switch).
+#[inline(always)]
+fn frame_record_step(
+    regs: &Regs,
+    mut read_u64: impl FnMut(u64) -> Option<u64>,
+    same_stack: bool,
+) -> Result<Regs, StopReason> {
     if regs.rbp == 0 {
         return Err(StopReason::EndOfStack);
     }
-    if regs.rbp < regs.rsp || regs.rbp & 7 != 0 {
+    if (same_stack && regs.rbp < regs.rsp) || regs.rbp & 7 != 0 {
         return Err(StopReason::BadFrame);
     }
     let caller_rsp = regs.rbp.checked_add(16).ok_or(StopReason::BadFrame)?;
@@ -193,6 +207,19 @@ mod tests {
             Err(StopReason::EndOfStack)
         );
         assert_eq!(step(&regs, &UnwindRow::new(0, CFA_RSP, 8, 7, 0), read), Err(StopReason::UnsupportedRow));
+    }
+
+    #[test]
+    fn stack_switch_follows_rbp_to_a_lower_stack() {
+        // On the system stack at 0x9000; the goroutine's frame record is at 0x7000, below.
+        let regs = Regs { rip: 0x1000, rsp: 0x9000, rbp: 0x7000 };
+        let row = UnwindRow::new(0, CFA_STACK_SWITCH, 0, RBP_UNCHANGED, 0);
+        let stack = [0x7100, 0x40_0042];
+        assert_eq!(step(&regs, &row, mem(0x7000, &stack)), Ok(Regs { rip: 0x40_0042, rsp: 0x7010, rbp: 0x7100 }));
+        // Plain frame pointers refuse the same frame.
+        assert_eq!(fp_step(&regs, mem(0x7000, &stack)), Err(StopReason::BadFrame));
+        assert_eq!(step(&Regs { rbp: 0x7004, ..regs }, &row, |_| Some(1)), Err(StopReason::BadFrame));
+        assert_eq!(step(&Regs { rbp: 0, ..regs }, &row, |_| Some(1)), Err(StopReason::EndOfStack));
     }
 
     #[test]

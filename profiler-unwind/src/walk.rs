@@ -97,7 +97,7 @@ pub fn unwind(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use profiler_common::unwind::{CFA_END_OF_STACK, CFA_RSP, RBP_AT_CFA, RBP_UNCHANGED};
+    use profiler_common::unwind::{CFA_END_OF_STACK, CFA_RSP, CFA_STACK_SWITCH, RBP_AT_CFA, RBP_UNCHANGED};
 
     const TABLE_START: u64 = 0x40_0000;
     const TABLE_END: u64 = 0x40_1000;
@@ -231,11 +231,16 @@ mod tests {
             let got = unwind(start, lookup, read, 64, &mut frames);
             assert!(got.depth <= 64 && got.fp_frames < got.depth.max(1));
             let mut regs = start;
-            for depth in 0..64 {
-                match next_frame(&regs, depth == 0, lookup, read) {
+            let mut exact = true;
+            for _ in 0..64 {
+                let pc = if exact { regs.rip } else { regs.rip.wrapping_sub(1) };
+                let switched = matches!(lookup(pc), Ok(Some(row)) if row.cfa_kind() == CFA_STACK_SWITCH);
+                match next_frame(&regs, exact, lookup, read) {
                     Ok(caller) => {
-                        assert!(caller.regs.rsp > regs.rsp || caller.exact_pc);
+                        // Only signal frames and known stack switches may move down.
+                        assert!(caller.regs.rsp > regs.rsp || caller.exact_pc || switched);
                         regs = caller.regs;
+                        exact = caller.exact_pc;
                     }
                     Err(_) => break,
                 }

@@ -221,6 +221,15 @@ pub fn go_toolchain(version: &str) -> PathBuf {
 
 /// Builds a standard-library-only Go program from tests/fixtures/go/NAME, offline.
 pub fn build_go(version: &str, name: &str, out_dir: &Path, extra: &[&str]) -> PathBuf {
+    build_go_with(version, name, out_dir, extra, false)
+}
+
+/// [`build_go`] with cgo enabled (gcc compiles the C parts).
+pub fn build_go_cgo(version: &str, name: &str, out_dir: &Path) -> PathBuf {
+    build_go_with(version, name, out_dir, &[], true)
+}
+
+fn build_go_with(version: &str, name: &str, out_dir: &Path, extra: &[&str], cgo: bool) -> PathBuf {
     let go = go_toolchain(version);
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/go").join(name);
     let work = out_dir.join(format!("src-{name}-{version}"));
@@ -238,7 +247,7 @@ pub fn build_go(version: &str, name: &str, out_dir: &Path, extra: &[&str]) -> Pa
         .env("GOTOOLCHAIN", "local")
         .env("GOPROXY", "off")
         .env("GOFLAGS", "-mod=mod")
-        .env("CGO_ENABLED", "0")
+        .env("CGO_ENABLED", if cgo { "1" } else { "0" })
         .env("GOCACHE", format!("{home}/.cache/ebpf-profiler/gocache-agent-{version}"))
         .env("GOPATH", out_dir.join("gopath"))
         .status()

@@ -37,7 +37,9 @@ pub fn compile_elf(data: &[u8], opts: &CompileOptions) -> Result<CompiledTable, 
         return Err(Error::NoEhFrame);
     }
     let sections: Vec<(&[u8], CfiSection)> = sections.iter().map(|(d, k)| (&**d, *k)).collect();
-    compile_sections(&sections, &addrs, opts)
+    let mut table = compile_sections(&sections, &addrs, opts)?;
+    super::go::mark_stack_switches(&file, &mut table);
+    Ok(table)
 }
 
 /// Largest `.debug_frame` decompressed; real ones are a few tens of MiB at most.

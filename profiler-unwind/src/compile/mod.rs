@@ -5,6 +5,7 @@
 
 mod cfi;
 mod elf;
+mod go;
 mod layout;
 
 pub use cfi::CfiSection;
@@ -69,6 +70,8 @@ pub struct CompileStats {
     pub unsupported: UnsupportedStats,
     pub plt_rows: usize,
     pub signal_frame_rows: usize,
+    /// Functions whose rows were replaced by a `CFA_STACK_SWITCH` rule (Go's asmcgocall).
+    pub stack_switch_functions: usize,
 }
 
 /// CFI rows that became `CFA_UNSUPPORTED`, by cause.
