@@ -180,3 +180,26 @@ fn go_calling_c_through_cgo_shows_both_in_one_stack() {
     let broken: Vec<_> = samples.iter().filter(|s| !mixed(s)).take(3).collect();
     assert!(whole as f64 >= 0.9 * total as f64, "{whole}/{total}; e.g. {broken:#?}");
 }
+
+#[test]
+fn deep_stacks_fill_all_127_frames() {
+    require_root();
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_c(dir.path(), "deep_stack", &["-O2", "-fomit-frame-pointer"]);
+    let fixture = Gated::start(&exe, &["2", "200"]);
+    let (samples, log) = profile_gated(fixture, &dir.path().join("profiles"), &[]);
+    let t = totals(&log);
+    let total: i64 = samples.iter().map(|s| s.count).sum();
+    let full: i64 = samples
+        .iter()
+        .filter(|s| {
+            let user: Vec<&str> = s.frames.iter().filter(|(_, m)| m != "[kernel.kallsyms]").map(|(f, _)| f.as_str()).collect();
+            user.len() == profiler_common::MAX_STACK_DEPTH && user[1..].iter().all(|f| *f == "recurse")
+        })
+        .map(|s| s.count)
+        .sum();
+    eprintln!("127-frame stacks in {full}/{total} samples; totals {t:?}");
+    assert!(total > 50 && full as f64 >= 0.95 * total as f64, "{full}/{total}");
+    assert!(t["unwind_stop_depth_limit"] > 0, "{t:?}");
+}

@@ -207,8 +207,8 @@ fn label_capture_cost(dir: &Path, seconds: u64) -> Result<Vec<(&'static str, Opt
 
 /// Runs a stdin-gated fixture (`exe SECONDS`, waits for a line) under the agent filtered to
 /// its pid.
-fn profile_gated(exe: &Path, seconds: u64, agent_args: &[&str], out_dir: &Path) -> Result<AgentRun> {
-    let mut fixture = Command::new(exe).arg(seconds.to_string()).stdin(Stdio::piped()).stdout(Stdio::null()).spawn()?;
+fn profile_gated(exe: &Path, fixture_args: &[String], agent_args: &[&str], out_dir: &Path) -> Result<AgentRun> {
+    let mut fixture = Command::new(exe).args(fixture_args).stdin(Stdio::piped()).stdout(Stdio::null()).spawn()?;
     let pid = fixture.id().to_string();
     let mut args = vec!["--pid", pid.as_str()];
     args.extend_from_slice(agent_args);
@@ -225,11 +225,23 @@ fn profile_gated(exe: &Path, seconds: u64, agent_args: &[&str], out_dir: &Path) 
     )
 }
 
+impl AgentRun {
+    /// BPF run time per sample taken: the total includes the cheap runs that skip idle or
+    /// filtered-out events, so this is a slight overestimate.
+    fn bpf_ns_per_sample(&self) -> Option<u64> {
+        let runs = self.field(&["bpf program run time"], "runs=")?;
+        let samples = self.field(&[" totals "], "samples_taken=")?.max(1);
+        Some(runs * self.bpf_ns_per_run? / samples)
+    }
+}
+
 /// What unwinding from .eh_frame tables costs, against the frame-pointer path.
 struct UnwindCost {
     /// BPF ns/sample on C built with -O2 -fomit-frame-pointer (main -> ... -> qsort -> callback).
     with_tables_ns: Option<u64>,
     frame_pointers_ns: Option<u64>,
+    /// (user frames, BPF ns/sample with tables, without) on a recursion of known depth.
+    deep: Vec<(u64, Option<u64>, Option<u64>)>,
     libc_bytes: Option<u64>,
     /// Host-wide start: processes with tables, table bytes, build time, and agent CPU before
     /// it was ready with and without tables.
@@ -245,8 +257,22 @@ fn unwind_cost(dir: &Path, seconds: u64) -> Result<UnwindCost> {
     let src = workspace_root().join("profiler-agent/tests/fixtures/qsort_chain.c");
     util::run(Command::new("gcc").args(["-O2", "-fomit-frame-pointer", "-o"]).arg(&exe).arg(&src))?;
     let profiles = dir.join("profiles-unwind");
-    let tables = profile_gated(&exe, seconds, &["--frequency", "99"], &profiles)?;
-    let fp = profile_gated(&exe, seconds, &["--frequency", "99", "--no-unwind-tables"], &profiles)?;
+    let secs = [seconds.to_string()];
+    let tables = profile_gated(&exe, &secs, &["--frequency", "99"], &profiles)?;
+    let fp = profile_gated(&exe, &secs, &["--frequency", "99", "--no-unwind-tables"], &profiles)?;
+    let deep_exe = dir.join("deep_stack");
+    let src = workspace_root().join("profiler-agent/tests/fixtures/deep_stack.c");
+    util::run(Command::new("gcc").args(["-O2", "-fomit-frame-pointer", "-o"]).arg(&deep_exe).arg(&src))?;
+    let mut deep = Vec::new();
+    for frames in [32u64, 64, 127] {
+        // spin, recurse() x (depth + 1), main, __libc_start_call_main, __libc_start_main and
+        // _start; past 127 the walk stops at the depth limit.
+        let depth = if frames == 127 { 200 } else { frames - 6 };
+        let args = [seconds.to_string(), depth.to_string()];
+        let with = profile_gated(&deep_exe, &args, &["--frequency", "99"], &profiles)?;
+        let without = profile_gated(&deep_exe, &args, &["--frequency", "99", "--no-unwind-tables"], &profiles)?;
+        deep.push((frames, with.bpf_ns_per_sample(), without.bpf_ns_per_sample()));
+    }
     // Host-wide, only to measure the start: tables for every running process.
     let idle = || {
         std::thread::sleep(Duration::from_millis(200));
@@ -255,8 +281,9 @@ fn unwind_cost(dir: &Path, seconds: u64) -> Result<UnwindCost> {
     let host = run_agent_around(idle, &["--frequency", "19"], &profiles)?;
     let host_fp = run_agent_around(idle, &["--frequency", "19", "--no-unwind-tables"], &profiles)?;
     Ok(UnwindCost {
-        with_tables_ns: tables.bpf_ns_per_run,
-        frame_pointers_ns: fp.bpf_ns_per_run,
+        with_tables_ns: tables.bpf_ns_per_sample(),
+        frame_pointers_ns: fp.bpf_ns_per_sample(),
+        deep,
         libc_bytes: tables.field(&["unwind table loaded", "/libc.so"], "bytes="),
         host_processes: host.field(&["unwind tables loaded"], "processes="),
         host_bytes: host.field(&["unwind tables loaded"], "table_bytes="),
@@ -324,11 +351,17 @@ pub fn run(seconds: u64, frequencies: &[u64]) -> Result<()> {
     for (name, ns) in label_rows {
         println!("| {name} | {} |", ns.map(|n| n.to_string()).unwrap_or_else(|| "n/a".into()));
     }
-    println!("\nUser-stack unwinding at 99 Hz on C built with -O2 -fomit-frame-pointer (main -> outer -> middle -> leaf -> libc qsort -> callback):\n");
+    println!("\nUser-stack unwinding at 99 Hz on C built with -O2 -fomit-frame-pointer (main -> outer -> middle -> leaf -> libc qsort -> callback), BPF run time over samples taken:\n");
     println!("| mode | BPF ns/sample |");
     println!("|---|---:|");
     println!("| .eh_frame tables | {} |", or_na(unwind.with_tables_ns));
     println!("| frame pointers only (--no-unwind-tables) | {} |", or_na(unwind.frame_pointers_ns));
+    println!("\nBPF ns/sample by user-stack depth (C recursion, -O2 -fomit-frame-pointer; without tables the walk stops after a frame or two):\n");
+    println!("| user frames | .eh_frame tables | frame pointers only |");
+    println!("|---:|---:|---:|");
+    for (frames, with, without) in &unwind.deep {
+        println!("| {frames} | {} | {} |", or_na(*with), or_na(*without));
+    }
     println!("\nUnwind tables: libc {} bytes; host-wide start: {} processes, {} bytes of tables, {} ms building them; agent CPU until ready {} ms with tables, {} ms without.",
         or_na(unwind.libc_bytes),
         or_na(unwind.host_processes),
