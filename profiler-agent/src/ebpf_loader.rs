@@ -146,7 +146,7 @@ impl LoadedProgram {
         let contexts = HashMap::try_from(ebpf.take_map(names::CONTEXT_CONFIG).context("CONTEXT_CONFIG map missing")?)?;
         let contexts = (fsbase_offset != 0).then_some(contexts);
         let unwind = match unwind_rows {
-            Some(_) => Some(take_unwind_maps(&mut ebpf)?),
+            Some(rows) => Some(take_unwind_maps(&mut ebpf, rows)?),
             None => None,
         };
         info!(cpus = attached_cpus.len(), failed = failed_cpus.len(), frequency, ring_bytes, verified_insns, "attached");
@@ -185,10 +185,13 @@ impl LoadedProgram {
     }
 }
 
-fn take_unwind_maps(ebpf: &mut Ebpf) -> Result<UnwindMaps> {
+fn take_unwind_maps(ebpf: &mut Ebpf, rows: u32) -> Result<UnwindMaps> {
     let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("{name} map missing"));
+    let aya::maps::Map::Array(row_map) = take(names::UNWIND_ROWS)? else {
+        return Err(anyhow!("{} is not an array map", names::UNWIND_ROWS));
+    };
     Ok(UnwindMaps {
-        rows: aya::maps::Array::try_from(take(names::UNWIND_ROWS)?)?,
+        rows: crate::mapped_rows::MappedRows::new(row_map, rows)?,
         tables: aya::maps::Array::try_from(take(names::UNWIND_TABLES)?)?,
         mappings: aya::maps::LpmTrie::try_from(take(names::UNWIND_MAPPINGS)?)?,
     })

@@ -6,6 +6,7 @@ pub mod context_sources;
 pub mod ebpf_loader;
 pub mod go_runtime;
 pub mod kernel_btf;
+pub mod mapped_rows;
 pub mod output;
 pub mod pprof;
 pub mod proc_maps;

@@ -16,14 +16,17 @@ use profiler_common::unwind::{MappingKey, UnwindMapping, UnwindRow, UnwindTableI
 use profiler_unwind::{compile_elf, load_segments, lpm_blocks, mapping_bias, CompileOptions, LoadSegment, TableStore};
 use tracing::{debug, info, warn};
 
-use crate::proc_maps::{self, MapEntry};
+use crate::{
+    mapped_rows::MappedRows,
+    proc_maps::{self, MapEntry},
+};
 
 /// A binary's identity: (device major, device minor, inode), as `/proc/PID/maps` shows it.
 type FileKey = (u32, u32, u64);
 
 /// The eBPF program's three table maps.
 pub struct UnwindMaps {
-    pub rows: Array<MapData, UnwindRow>,
+    pub rows: MappedRows,
     pub tables: Array<MapData, UnwindTableInfo>,
     pub mappings: LpmTrie<MapData, MappingKey, UnwindMapping>,
 }
@@ -309,9 +312,7 @@ impl UnwindTables {
     }
 
     fn write_table(&mut self, table_id: u32, info: &UnwindTableInfo, rows: &[UnwindRow]) -> Result<()> {
-        for (i, row) in rows.iter().enumerate() {
-            self.maps.rows.set(info.first_row + i as u32, row, 0).context("writing a row")?;
-        }
+        self.maps.rows.write(info.first_row, rows)?;
         // The info goes last: until it is written the kernel finds an empty table.
         self.maps.tables.set(table_id, info, 0).context("writing the table info")
     }

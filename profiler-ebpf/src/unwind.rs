@@ -4,7 +4,7 @@
 use core::{ffi::c_void, ptr::null_mut};
 
 use aya_ebpf::{
-    bindings::pt_regs,
+    bindings::{pt_regs, BPF_F_MMAPABLE},
     helpers::generated::{bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs},
     macros::map,
     maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray},
@@ -16,9 +16,10 @@ use profiler_common::{
 
 use crate::{count, count_n};
 
-/// Sized by the agent at load time (the row budget).
+/// Sized by the agent at load time (the row budget); mappable so the agent writes rows with
+/// plain memory copies.
 #[map]
-static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(DEFAULT_UNWIND_ROWS, 0);
+static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(DEFAULT_UNWIND_ROWS, BPF_F_MMAPABLE);
 
 #[map]
 static UNWIND_TABLES: Array<UnwindTableInfo> = Array::with_max_entries(MAX_UNWIND_TABLES, 0);
