@@ -96,17 +96,18 @@ fn lookup(st: *mut Scratch, pid: u32, pc: u64) -> Result<Option<UnwindRow>, Stop
 /// One frame; returns 1 to end the loop.
 extern "C" fn unwind_step(_index: u32, _ctx: *mut c_void) -> i64 {
     let Some(sp) = UNWIND_SCRATCH.get_ptr_mut(0) else { return 1 };
-    // SAFETY: a per-CPU array slot, used only by this CPU while the program runs.
-    let st = unsafe { &mut *sp };
-    let depth = st.depth as usize;
+    // SAFETY: a per-CPU array slot, used only by this CPU while the program runs. Fields are
+    // copied out so that no reference is live while `lookup` writes the search bounds.
+    let (depth, pid, regs, exact_pc) = unsafe { ((*sp).depth as usize, (*sp).pid, (*sp).regs, (*sp).exact_pc != 0) };
     if depth >= MAX_STACK_DEPTH {
-        st.stop = StopReason::DepthLimit as u32;
+        // SAFETY: as above.
+        unsafe { (*sp).stop = StopReason::DepthLimit as u32 };
         return 1;
     }
-    let pid = st.pid;
-    let regs = st.regs;
-    let exact_pc = st.exact_pc != 0;
-    match profiler_unwind::next_frame(&regs, exact_pc, |pc| lookup(sp, pid, pc), read_user_u64) {
+    let next = profiler_unwind::next_frame(&regs, exact_pc, |pc| lookup(sp, pid, pc), read_user_u64);
+    // SAFETY: as above; `lookup` is done with the slot.
+    let st = unsafe { &mut *sp };
+    match next {
         Ok(caller) => {
             st.frames[depth & (FRAME_SLOTS - 1)] = caller.regs.rip;
             st.depth += 1;
