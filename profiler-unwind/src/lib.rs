@@ -17,10 +17,15 @@
 //!   [`mapping_bias`].
 //!
 //! Per frame: LPM lookup of (pid, pc) → no entry or `NO_TABLE` means `Ok(None)` (frame
-//! pointers); else `UNWIND_TABLES[table_id]` and [`lookup_row`] over `UNWIND_ROWS` with
+//! pointers); else `UNWIND_TABLES[table_id]` and [`lookup_row_with`] over `UNWIND_ROWS` with
 //! `pc - bias`; all of it inside the `lookup` closure of [`next_frame`], which a
-//! `bpf_loop` callback calls once per frame. The row count comes from the map, which keeps the
-//! verifier from unrolling the binary search (see `notes/ebpf-verifier.md`).
+//! `bpf_loop` callback calls once per frame. The row count comes from the map, and the
+//! search bounds pass through map memory (the `launder` hook), which keeps the verifier from
+//! exploring every combination of halvings (see `notes/ebpf-verifier.md`).
+//!
+//! The agent also adds a prefix-32 (pid only) `NO_TABLE` entry per process: addresses outside
+//! every mapping with a table (vdso, JIT code) still find the process, so its whole stack goes
+//! through this walker, with frame pointers there.
 #![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod search;
