@@ -7,6 +7,8 @@ use std::os::unix::fs::FileExt;
 
 /// How much stack to copy above rsp.
 const MAX_STACK: u64 = 1 << 20;
+/// The x86-64 ABI's red zone below rsp.
+const RED_ZONE: u64 = 128;
 
 #[derive(Clone, Debug)]
 pub struct Mapping {
@@ -65,10 +67,13 @@ fn stopped_state(pid: i32) -> io::Result<Capture> {
         .iter()
         .find(|m| m.start <= regs.rsp && regs.rsp < m.end)
         .ok_or_else(|| io::Error::other("rsp outside every mapping"))?;
-    let len = (stack_map.end - regs.rsp).min(MAX_STACK);
+    // Include the 128-byte red zone below rsp: epilogue CFI (e.g. glibc's after `pop %rbp`)
+    // can still point a saved register just below rsp, and the kernel's probe read reaches it.
+    let start = regs.rsp.saturating_sub(RED_ZONE).max(stack_map.start);
+    let len = (stack_map.end - start).min(MAX_STACK + RED_ZONE);
     let mut stack = vec![0u8; len as usize];
-    std::fs::File::open(format!("/proc/{pid}/mem"))?.read_exact_at(&mut stack, regs.rsp)?;
-    Ok(Capture { regs, stack_start: regs.rsp, stack, maps })
+    std::fs::File::open(format!("/proc/{pid}/mem"))?.read_exact_at(&mut stack, start)?;
+    Ok(Capture { regs, stack_start: start, stack, maps })
 }
 
 pub fn read_maps(pid: i32) -> io::Result<Vec<Mapping>> {
