@@ -1,7 +1,7 @@
 //! Reads the trace context of the interrupted thread: Go pprof labels through the goroutine,
 //! or an OpenTelemetry thread-context record through native TLS. Every read is a
 //! `bpf_probe_read_*`, so garbage memory yields a counted miss, never a fault.
-use core::{ffi::c_void, mem::size_of};
+use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user};
 use profiler_common::{
@@ -10,25 +10,14 @@ use profiler_common::{
     LABEL_KEY_LEN, LABEL_VALUE_LEN, MAX_LABELS,
 };
 
-use crate::count;
+use crate::{
+    count,
+    user_memory::{read_into, read_u64},
+};
 
 /// Set by the agent from kernel BTF: offsetof(task_struct, thread.fsbase).
 #[no_mangle]
 static TASK_FSBASE_OFFSET: u64 = 0;
-
-#[inline(always)]
-fn read_user_u64(addr: u64) -> Option<u64> {
-    let mut v: u64 = 0;
-    // SAFETY: the helper writes at most 8 bytes into `v` and validates the source itself.
-    let ret = unsafe { bpf_probe_read_user(&mut v as *mut u64 as *mut c_void, 8, addr as *const c_void) };
-    (ret == 0).then_some(v)
-}
-
-#[inline(always)]
-fn read_user<T>(dst: *mut T, addr: u64) -> bool {
-    // SAFETY: `dst` points at writable memory of size_of::<T>() bytes owned by the caller.
-    unsafe { bpf_probe_read_user(dst as *mut c_void, size_of::<T>() as u32, addr as *const c_void) == 0 }
-}
 
 /// The user thread pointer (fsbase) of the current task.
 #[inline(always)]
@@ -96,7 +85,7 @@ pub fn capture(cfg: &ContextConfig, ctx: &mut RawContext) {
 /// OTEP 4947: the TLS slot holds a pointer to `{trace_id[16], span_id[8], valid, trace_flags, ..}`.
 #[inline(always)]
 fn otel_record(cfg: &ContextConfig, slot: u64, ctx: &mut RawContext) {
-    let Some(record) = read_user_u64(slot) else {
+    let Some(record) = read_u64(slot) else {
         count(Counter::ContextReadError);
         return;
     };
@@ -107,7 +96,7 @@ fn otel_record(cfg: &ContextConfig, slot: u64, ctx: &mut RawContext) {
     // CPU may be mid-update, and a torn copy must never become a label.
     let mut first = [0u64; 4];
     let mut second = [0u64; 4];
-    if !read_user(&mut first, record) || !read_user(&mut second, record) {
+    if !read_into(&mut first, record) || !read_into(&mut second, record) {
         count(Counter::ContextReadError);
         return;
     }
@@ -137,28 +126,28 @@ fn otel_record(cfg: &ContextConfig, slot: u64, ctx: &mut RawContext) {
 /// then curg.labels in the version's layout.
 #[inline(always)]
 fn go_labels(cfg: &ContextConfig, slot: u64, ctx: &mut RawContext) {
-    let Some(g) = read_user_u64(slot) else {
+    let Some(g) = read_u64(slot) else {
         count(Counter::ContextReadError);
         return;
     };
     if g == 0 {
         return; // a thread Go does not run goroutines on
     }
-    let Some(m) = read_user_u64(g + cfg.go_g_m as u64) else {
+    let Some(m) = read_u64(g + cfg.go_g_m as u64) else {
         count(Counter::ContextReadError);
         return;
     };
     if m == 0 {
         return;
     }
-    let Some(curg) = read_user_u64(m + cfg.go_m_curg as u64) else {
+    let Some(curg) = read_u64(m + cfg.go_m_curg as u64) else {
         count(Counter::ContextReadError);
         return;
     };
     if curg == 0 {
         return; // the M is idle or in the scheduler
     }
-    let Some(labels) = read_user_u64(curg + cfg.go_g_labels as u64) else {
+    let Some(labels) = read_u64(curg + cfg.go_g_labels as u64) else {
         count(Counter::ContextReadError);
         return;
     };
@@ -192,7 +181,7 @@ fn go_labels(cfg: &ContextConfig, slot: u64, ctx: &mut RawContext) {
 #[inline(always)]
 fn go_slice_labels(labels: u64, ctx: &mut RawContext, truncated: &mut bool) -> Option<u8> {
     let mut header = [0u64; 2];
-    if !read_user(&mut header, labels) {
+    if !read_into(&mut header, labels) {
         return None;
     }
     let (ptr, len) = (header[0], header[1]);
@@ -205,7 +194,7 @@ fn go_slice_labels(labels: u64, ctx: &mut RawContext, truncated: &mut bool) -> O
             break;
         }
         let mut kv = [0u64; 4];
-        if !read_user(&mut kv, ptr + (i * 32) as u64) {
+        if !read_into(&mut kv, ptr + (i * 32) as u64) {
             return None;
         }
         copy_label(&mut ctx.labels[i], &kv, truncated);
@@ -219,12 +208,12 @@ fn go_slice_labels(labels: u64, ctx: &mut RawContext, truncated: &mut bool) -> O
 /// as truncation.
 #[inline(always)]
 fn go_map_labels(labels: u64, ctx: &mut RawContext, truncated: &mut bool) -> Option<u8> {
-    let hmap = read_user_u64(labels)?;
+    let hmap = read_u64(labels)?;
     if hmap == 0 {
         return Some(0);
     }
     let mut head = [0u64; 3]; // count, flags/B/noverflow/hash0, buckets
-    if !read_user(&mut head, hmap) {
+    if !read_into(&mut head, hmap) {
         return None;
     }
     let b = (head[1] >> 8) & 0xff;
@@ -233,7 +222,7 @@ fn go_map_labels(labels: u64, ctx: &mut RawContext, truncated: &mut bool) -> Opt
     }
     let bucket = head[2];
     let mut tophash = [0u8; 8];
-    if !read_user(&mut tophash, bucket) {
+    if !read_into(&mut tophash, bucket) {
         return None;
     }
     let mut n = 0usize;
@@ -244,7 +233,7 @@ fn go_map_labels(labels: u64, ctx: &mut RawContext, truncated: &mut bool) -> Opt
         }
         let mut k = [0u64; 2];
         let mut v = [0u64; 2];
-        if !read_user(&mut k, bucket + 8 + (i * 16) as u64) || !read_user(&mut v, bucket + 8 + 128 + (i * 16) as u64) {
+        if !read_into(&mut k, bucket + 8 + (i * 16) as u64) || !read_into(&mut v, bucket + 8 + 128 + (i * 16) as u64) {
             return None;
         }
         let idx = n & (MAX_LABELS - 1);

@@ -4,6 +4,7 @@
 #![no_main]
 
 mod context;
+mod user_memory;
 mod unwind;
 
 use core::{ffi::c_void, mem::size_of};

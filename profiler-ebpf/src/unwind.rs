@@ -5,7 +5,7 @@ use core::{ffi::c_void, ptr::null_mut};
 
 use aya_ebpf::{
     bindings::{pt_regs, BPF_F_MMAPABLE},
-    helpers::generated::{bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs},
+    helpers::generated::{bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel, bpf_task_pt_regs},
     macros::map,
     maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray},
 };
@@ -14,7 +14,7 @@ use profiler_common::{
     Counter, DEFAULT_UNWIND_ROWS, MAX_STACK_DEPTH, MAX_UNWIND_MAPPING_BLOCKS, MAX_UNWIND_TABLES,
 };
 
-use crate::{count, count_n};
+use crate::{count, count_n, user_memory::read_u64};
 
 /// Sized by the agent at load time (the row budget); mappable so the agent writes rows with
 /// plain memory copies.
@@ -54,14 +54,6 @@ static UNWIND_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0
 
 /// `Scratch::stop` while the walk goes on.
 const RUNNING: u32 = u32::MAX;
-
-#[inline(always)]
-fn read_user_u64(addr: u64) -> Option<u64> {
-    let mut v: u64 = 0;
-    // SAFETY: the helper writes at most 8 bytes into `v` and validates the source itself.
-    let ret = unsafe { bpf_probe_read_user(&mut v as *mut u64 as *mut c_void, 8, addr as *const c_void) };
-    (ret == 0).then_some(v)
-}
 
 /// The mapping entry covering `pc` in process `pid`: the exact mapping, or the process-wide
 /// `NO_TABLE` entry the agent adds for every process it has tables for.
@@ -104,7 +96,7 @@ extern "C" fn unwind_step(_index: u32, _ctx: *mut c_void) -> i64 {
         unsafe { (*sp).stop = StopReason::DepthLimit as u32 };
         return 1;
     }
-    let next = profiler_unwind::next_frame(&regs, exact_pc, |pc| lookup(sp, pid, pc), read_user_u64);
+    let next = profiler_unwind::next_frame(&regs, exact_pc, |pc| lookup(sp, pid, pc), read_u64);
     // SAFETY: as above; `lookup` is done with the slot.
     let st = unsafe { &mut *sp };
     match next {

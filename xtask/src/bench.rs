@@ -273,7 +273,9 @@ fn unwind_cost(dir: &Path, seconds: u64) -> Result<UnwindCost> {
         let without = profile_gated(&deep_exe, &args, &["--frequency", "99", "--no-unwind-tables"], &profiles)?;
         deep.push((frames, with.bpf_ns_per_sample(), without.bpf_ns_per_sample()));
     }
-    // Host-wide, only to measure the start: tables for every running process.
+    // Host-wide, only to measure the start: tables for every running process, with a
+    // population of 120 extra processes from a few binaries, as on a busy node.
+    let _crowd = Crowd::spawn(120)?;
     let idle = || {
         std::thread::sleep(Duration::from_millis(200));
         Ok(0.0)
@@ -291,6 +293,47 @@ fn unwind_cost(dir: &Path, seconds: u64) -> Result<UnwindCost> {
         startup_cpu_tables: host.startup_cpu,
         startup_cpu_no_tables: host_fp.startup_cpu,
     })
+}
+
+/// Idle processes that exist only to be found at start-up; killed on drop.
+struct Crowd(Vec<std::process::Child>);
+
+impl Crowd {
+    fn spawn(n: usize) -> Result<Crowd> {
+        let mut children = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut cmd = match i % 3 {
+                0 => {
+                    let mut c = Command::new("sleep");
+                    c.arg("300");
+                    c
+                }
+                1 => {
+                    let mut c = Command::new("python3");
+                    c.args(["-c", "import time; time.sleep(300)"]);
+                    c
+                }
+                _ => {
+                    let mut c = Command::new("perl");
+                    c.args(["-e", "sleep 300"]);
+                    c
+                }
+            };
+            children.push(cmd.stdin(Stdio::null()).stdout(Stdio::null()).spawn()?);
+        }
+        // Let them finish loading their libraries.
+        std::thread::sleep(Duration::from_millis(1500));
+        Ok(Crowd(children))
+    }
+}
+
+impl Drop for Crowd {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 fn or_na(v: Option<u64>) -> String {
