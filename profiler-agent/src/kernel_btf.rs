@@ -18,7 +18,7 @@ pub fn member_offset(btf: &Btf, root: &str, path: &[&str]) -> Result<u64> {
         offset_bits += bits;
         ty = member_ty;
     }
-    if offset_bits % 8 != 0 {
+    if !offset_bits.is_multiple_of(8) {
         bail!("{root}.{} is a bitfield", path.join("."));
     }
     Ok(offset_bits / 8)

@@ -198,8 +198,8 @@ async fn run(config: Config) -> Result<()> {
     );
     info!(cpus = program.attached_cpus.len(), ring_bytes = program.ring_bytes, "detached");
     if let Some((run_time, runs)) = run_stats {
-        if runs > 0 {
-            info!(runs, ns_per_run = run_time.as_nanos() as u64 / runs, "bpf program run time");
+        if let Some(ns_per_run) = (run_time.as_nanos() as u64).checked_div(runs) {
+            info!(runs, ns_per_run, "bpf program run time");
         }
     }
     Ok(())

@@ -26,7 +26,7 @@ pub struct Symbols {
 impl Symbols {
     pub fn new(symbolizer: Symbolizer, kallsyms_path: &Path) -> Self {
         let kallsyms = match Kallsyms::load(kallsyms_path) {
-            Ok(k) if k.len() > 0 => Some(k),
+            Ok(k) if !k.is_empty() => Some(k),
             Ok(_) => {
                 warn!(path = %kallsyms_path.display(), "kallsyms is empty; kernel frames stay unsymbolized");
                 None

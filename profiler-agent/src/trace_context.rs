@@ -51,11 +51,9 @@ fn hex(bytes: &[u8]) -> String {
 pub fn decode(ctx: &RawContext, filter: &LabelFilter) -> Labels {
     let mut out: Labels = Vec::new();
     match ctx.source {
-        CONTEXT_SOURCE_OTEL if ctx.flags & CONTEXT_FLAG_IDS != 0 => {
-            if ctx.trace_id != [0; 16] {
-                out.push((Arc::from("trace_id"), Arc::from(hex(&ctx.trace_id))));
-                out.push((Arc::from("span_id"), Arc::from(hex(&ctx.span_id))));
-            }
+        CONTEXT_SOURCE_OTEL if ctx.flags & CONTEXT_FLAG_IDS != 0 && ctx.trace_id != [0; 16] => {
+            out.push((Arc::from("trace_id"), Arc::from(hex(&ctx.trace_id))));
+            out.push((Arc::from("span_id"), Arc::from(hex(&ctx.span_id))));
         }
         CONTEXT_SOURCE_GO => {
             for l in ctx.labels.iter().take(usize::from(ctx.n_labels).min(MAX_LABELS)) {

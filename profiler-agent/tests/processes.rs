@@ -28,7 +28,7 @@ fn pie_addresses_normalize_to_elf_addresses() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chain.c");
     assert!(Command::new("gcc").args(["-O0", "-pie", "-fPIE", "-o"]).arg(&exe).arg(&src).status().unwrap().success());
     let binary = Binary::open(&exe).unwrap();
-    let text = binary.load_segments().iter().find(|s| s.executable).expect("executable PT_LOAD").clone();
+    let text = binary.load_segments().iter().find(|s| s.executable).copied().expect("executable PT_LOAD");
 
     let root = tmp.path().join("proc");
     let pid = 4242;
