@@ -61,6 +61,8 @@ fn resolve_typedefs(btf: &Btf, mut ty: Type) -> Result<Type> {
 
 /// offsetof(task_struct, thread.fsbase) on the running kernel.
 pub fn task_fsbase_offset() -> Result<u64> {
-    let btf = Btf::from_file("/sys/kernel/btf/vmlinux").context("reading /sys/kernel/btf/vmlinux")?;
+    // Mmap backend: types are decoded on demand; we need only two structs of ~100k types.
+    let btf = Btf::from_file_with_backend("/sys/kernel/btf/vmlinux", btf_rs::Backend::Mmap)
+        .context("reading /sys/kernel/btf/vmlinux")?;
     member_offset(&btf, "task_struct", &["thread", "fsbase"])
 }
