@@ -1,7 +1,7 @@
 //! Tracks processes and their mappings, and normalizes user addresses into
 //! (binary, ELF virtual address) while the process is still alive.
 use std::{
-    collections::HashMap,
+    collections::{hash_map::Entry, HashMap},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -52,6 +52,12 @@ struct Process {
     reread_in_generation: bool,
 }
 
+impl Process {
+    fn empty(generation: u64) -> Process {
+        Process { name: String::new(), maps: Vec::new(), opened: Vec::new(), last_seen: generation, reread_in_generation: false }
+    }
+}
+
 pub struct Processes {
     proc_root: PathBuf,
     procs: HashMap<u32, Process>,
@@ -97,12 +103,16 @@ impl Processes {
 
     fn process(&mut self, pid: u32) -> &mut Process {
         let generation = self.generation;
-        if !self.procs.contains_key(&pid) {
-            let process = self.read_process(pid);
-            self.procs.insert(pid, process);
+        let fresh = if self.procs.contains_key(&pid) {
+            None
+        } else {
             self.new_pids.push(pid);
-        }
-        let p = self.procs.get_mut(&pid).expect("inserted above");
+            Some(self.read_process(pid))
+        };
+        let p = match self.procs.entry(pid) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => v.insert(fresh.unwrap_or_else(|| Process::empty(generation))),
+        };
         p.last_seen = generation;
         p
     }
