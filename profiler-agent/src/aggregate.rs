@@ -1,9 +1,5 @@
 //! Counts identical samples within one profile interval.
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::SystemTime,
-};
+use std::{collections::HashMap, sync::Arc, time::SystemTime};
 
 use profiler_common::{RawSample, COMM_LEN, MAX_STACK_DEPTH};
 
@@ -63,7 +59,12 @@ pub fn comm_str(comm: &[u8]) -> String {
 
 impl Aggregator {
     pub fn new(filter: LabelFilter) -> Self {
-        Aggregator { filter, stacks: HashMap::new(), start: SystemTime::now(), samples: 0 }
+        Aggregator {
+            filter,
+            stacks: HashMap::new(),
+            start: SystemTime::now(),
+            samples: 0,
+        }
     }
 
     /// Adds one sample. A new stack is normalized now, while its process is most likely alive.
@@ -103,7 +104,9 @@ impl Aggregator {
         let mut process_names = HashMap::new();
         let mut binaries = HashMap::new();
         for s in &stacks {
-            process_names.entry(s.pid).or_insert_with(|| processes.process_name(s.pid).to_string());
+            process_names
+                .entry(s.pid)
+                .or_insert_with(|| processes.process_name(s.pid).to_string());
             for f in &s.user {
                 if let UserFrame::Binary { binary, .. } = f {
                     if let Some(info) = processes.binary(*binary) {
@@ -112,7 +115,14 @@ impl Aggregator {
                 }
             }
         }
-        let interval = Interval { start: self.start, end, stacks, process_names, binaries, samples: self.samples };
+        let interval = Interval {
+            start: self.start,
+            end,
+            stacks,
+            process_names,
+            binaries,
+            samples: self.samples,
+        };
         self.start = end;
         self.samples = 0;
         interval

@@ -7,7 +7,9 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use profiler_common::{ContextConfig, CONFIG_FLAG_REQUIRE_SAMPLED, CONTEXT_SOURCE_GO, CONTEXT_SOURCE_OTEL};
+use profiler_common::{
+    ContextConfig, CONFIG_FLAG_REQUIRE_SAMPLED, CONTEXT_SOURCE_GO, CONTEXT_SOURCE_OTEL,
+};
 use symbolizer::Binary;
 use tracing::{debug, info, warn};
 
@@ -20,18 +22,29 @@ pub const OTEL_TLS_SYMBOL: &str = "otel_thread_ctx_v1";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     None,
-    Go { version: String, config: ContextConfig },
+    Go {
+        version: String,
+        config: ContextConfig,
+    },
     /// A Go release outside the offset table: no labels, logged once per binary.
-    UnknownGo { version: String },
-    Otel { config: ContextConfig },
+    UnknownGo {
+        version: String,
+    },
+    Otel {
+        config: ContextConfig,
+    },
 }
 
 /// Inspects an executable. `require_sampled` sets the early-discard flag for OTel records.
 pub fn inspect(path: &Path, require_sampled: bool) -> Result<Source, symbolizer::Error> {
     let binary = Binary::open(path)?;
-    let Ok(obj) = object::File::parse(binary.bytes()) else { return Ok(Source::None) };
+    let Ok(obj) = object::File::parse(binary.bytes()) else {
+        return Ok(Source::None);
+    };
     if let Some(version) = go_runtime::go_version(&obj) {
-        let Some(offsets) = go_runtime::parse_version(&version).and_then(|(a, b)| go_runtime::offsets_for(a, b)) else {
+        let Some(offsets) =
+            go_runtime::parse_version(&version).and_then(|(a, b)| go_runtime::offsets_for(a, b))
+        else {
             return Ok(Source::UnknownGo { version });
         };
         let config = ContextConfig {
@@ -49,7 +62,11 @@ pub fn inspect(path: &Path, require_sampled: bool) -> Result<Source, symbolizer:
         let config = ContextConfig {
             source: u32::from(CONTEXT_SOURCE_OTEL),
             tls_offset,
-            flags: if require_sampled { CONFIG_FLAG_REQUIRE_SAMPLED } else { 0 },
+            flags: if require_sampled {
+                CONFIG_FLAG_REQUIRE_SAMPLED
+            } else {
+                0
+            },
             ..Default::default()
         };
         return Ok(Source::Otel { config });
@@ -78,7 +95,11 @@ pub struct ContextConfigs {
 }
 
 impl ContextConfigs {
-    pub fn new(map: BpfHashMap<MapData, u32, ContextConfig>, proc_root: impl Into<PathBuf>, require_sampled: bool) -> Self {
+    pub fn new(
+        map: BpfHashMap<MapData, u32, ContextConfig>,
+        proc_root: impl Into<PathBuf>,
+        require_sampled: bool,
+    ) -> Self {
         ContextConfigs {
             map,
             proc_root: proc_root.into(),
@@ -94,7 +115,10 @@ impl ContextConfigs {
     pub fn scan_existing(&mut self, pids: &[u32]) {
         let all: Vec<u32> = if pids.is_empty() {
             std::fs::read_dir(&self.proc_root)
-                .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+                .map(|d| {
+                    d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                        .collect()
+                })
                 .unwrap_or_default()
         } else {
             pids.to_vec()
@@ -102,7 +126,11 @@ impl ContextConfigs {
         for pid in all {
             self.on_new_process(pid);
         }
-        info!(go = self.stats.go_processes, otel = self.stats.otel_processes, "trace-context sources found");
+        info!(
+            go = self.stats.go_processes,
+            otel = self.stats.otel_processes,
+            "trace-context sources found"
+        );
     }
 
     pub fn on_new_process(&mut self, pid: u32) {
@@ -110,7 +138,9 @@ impl ContextConfigs {
             return;
         }
         let exe = self.proc_root.join(pid.to_string()).join("exe");
-        let Ok(meta) = std::fs::metadata(&exe) else { return }; // kernel thread or gone
+        let Ok(meta) = std::fs::metadata(&exe) else {
+            return;
+        }; // kernel thread or gone
         let key = (meta.dev(), meta.ino());
         let source = match self.by_binary.get(&key) {
             Some(s) => s.clone(),
@@ -132,7 +162,10 @@ impl ContextConfigs {
             }
         };
         let config = match source {
-            Source::Go { config, ref version } => {
+            Source::Go {
+                config,
+                ref version,
+            } => {
                 self.stats.go_processes += 1;
                 debug!(pid, %version, "Go labels enabled");
                 config
@@ -159,7 +192,12 @@ impl ContextConfigs {
     /// reused pid is inspected afresh.
     pub fn sweep_exited(&mut self) {
         let root = &self.proc_root;
-        let gone: Vec<u32> = self.configured.iter().copied().filter(|pid| !root.join(pid.to_string()).exists()).collect();
+        let gone: Vec<u32> = self
+            .configured
+            .iter()
+            .copied()
+            .filter(|pid| !root.join(pid.to_string()).exists())
+            .collect();
         for pid in gone {
             self.configured.remove(&pid);
             let _ = self.map.remove(&pid);

@@ -23,7 +23,11 @@ const MIN_RING_BYTES: u64 = 16 * PAGE;
 /// Ring size for a one-second burst on every CPU, doubled, as a power-of-two number of pages.
 pub fn ring_buffer_bytes(frequency: u64, cpus: u64, requested: Option<u64>) -> u64 {
     let wanted = requested.unwrap_or_else(|| frequency * cpus * RECORD_BYTES * 2);
-    let floor = if requested.is_some() { PAGE } else { MIN_RING_BYTES };
+    let floor = if requested.is_some() {
+        PAGE
+    } else {
+        MIN_RING_BYTES
+    };
     wanted.max(floor).next_power_of_two()
 }
 
@@ -66,7 +70,10 @@ pub struct LoadedMaps {
 /// Raises RLIMIT_MEMLOCK; kernels before 5.11 charge BPF maps against it. Newer kernels
 /// charge the memory cgroup instead, so a failure here only matters if loading fails later.
 fn raise_memlock() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit reads the struct we pass and has no other effect on memory.
     let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
     if ret != 0 {
@@ -93,7 +100,10 @@ impl LoadedProgram {
         let fsbase_offset = match crate::kernel_btf::task_fsbase_offset() {
             Ok(off) => off,
             Err(error) => {
-                warn!(error = format!("{error:#}"), "no task_struct.thread.fsbase offset from BTF; trace contexts disabled");
+                warn!(
+                    error = format!("{error:#}"),
+                    "no task_struct.thread.fsbase offset from BTF; trace contexts disabled"
+                );
                 0
             }
         };
@@ -104,15 +114,21 @@ impl LoadedProgram {
             .override_global(names::FILTER_ENABLED, &filter_enabled, true)
             .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
             .override_global(names::TASK_FSBASE_OFFSET, &fsbase_offset, true)
-            .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler")))
+            .load(aya::include_bytes_aligned!(concat!(
+                env!("OUT_DIR"),
+                "/profiler"
+            )))
             .context("loading the eBPF object")?;
 
         if !pids.is_empty() {
             let mut filter: HashMap<_, u32, u8> = HashMap::try_from(
-                ebpf.map_mut(names::FILTER_PIDS).context("FILTER_PIDS map missing")?,
+                ebpf.map_mut(names::FILTER_PIDS)
+                    .context("FILTER_PIDS map missing")?,
             )?;
             for &pid in pids {
-                filter.insert(pid, 1, 0).with_context(|| format!("adding pid {pid} to the filter"))?;
+                filter
+                    .insert(pid, 1, 0)
+                    .with_context(|| format!("adding pid {pid} to the filter"))?;
             }
         }
 
@@ -120,8 +136,13 @@ impl LoadedProgram {
             .program_mut(PROGRAM_NAME)
             .context("eBPF program missing from the object")?
             .try_into()?;
-        program.load().context("the verifier rejected the program")?;
-        let verified_insns = program.info().ok().and_then(|i| i.verified_instruction_count());
+        program
+            .load()
+            .context("the verifier rejected the program")?;
+        let verified_insns = program
+            .info()
+            .ok()
+            .and_then(|i| i.verified_instruction_count());
         let mut attached_cpus = Vec::new();
         let mut failed_cpus = Vec::new();
         for cpu in cpus {
@@ -141,17 +162,47 @@ impl LoadedProgram {
         if attached_cpus.is_empty() {
             return Err(anyhow!("could not attach to any CPU"));
         }
-        let ring = RingBuf::try_from(ebpf.take_map(names::SAMPLES).context("SAMPLES map missing")?)?;
-        let counters = PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).context("COUNTERS map missing")?)?;
-        let contexts = HashMap::try_from(ebpf.take_map(names::CONTEXT_CONFIG).context("CONTEXT_CONFIG map missing")?)?;
+        let ring = RingBuf::try_from(
+            ebpf.take_map(names::SAMPLES)
+                .context("SAMPLES map missing")?,
+        )?;
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map(names::COUNTERS)
+                .context("COUNTERS map missing")?,
+        )?;
+        let contexts = HashMap::try_from(
+            ebpf.take_map(names::CONTEXT_CONFIG)
+                .context("CONTEXT_CONFIG map missing")?,
+        )?;
         let contexts = (fsbase_offset != 0).then_some(contexts);
         let unwind = match unwind_rows {
             Some(rows) => Some(take_unwind_maps(&mut ebpf, rows)?),
             None => None,
         };
-        info!(cpus = attached_cpus.len(), failed = failed_cpus.len(), frequency, ring_bytes, verified_insns, "attached");
-        let program = LoadedProgram { ebpf, counters, attached_cpus, failed_cpus, ring_bytes, verified_insns };
-        Ok((program, LoadedMaps { ring, contexts, unwind }))
+        info!(
+            cpus = attached_cpus.len(),
+            failed = failed_cpus.len(),
+            frequency,
+            ring_bytes,
+            verified_insns,
+            "attached"
+        );
+        let program = LoadedProgram {
+            ebpf,
+            counters,
+            attached_cpus,
+            failed_cpus,
+            ring_bytes,
+            verified_insns,
+        };
+        Ok((
+            program,
+            LoadedMaps {
+                ring,
+                contexts,
+                unwind,
+            },
+        ))
     }
 
     pub fn counters(&self) -> KernelCounters {
@@ -186,7 +237,10 @@ impl LoadedProgram {
 }
 
 fn take_unwind_maps(ebpf: &mut Ebpf, rows: u32) -> Result<UnwindMaps> {
-    let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("{name} map missing"));
+    let mut take = |name: &str| {
+        ebpf.take_map(name)
+            .with_context(|| format!("{name} map missing"))
+    };
     let aya::maps::Map::Array(row_map) = take(names::UNWIND_ROWS)? else {
         return Err(anyhow!("{} is not an array map", names::UNWIND_ROWS));
     };

@@ -23,7 +23,12 @@ pub fn offsets_for(major: u32, minor: u32) -> Option<GoOffsets> {
         (1, 26..=27) => (184, 352, GO_LABELS_SLICE),
         _ => return None,
     };
-    Some(GoOffsets { g_m: 48, m_curg, g_labels, layout })
+    Some(GoOffsets {
+        g_m: 48,
+        m_curg,
+        g_labels,
+        layout,
+    })
 }
 
 const BUILDINFO_MAGIC: &[u8] = b"\xff Go buildinf:";
@@ -56,7 +61,11 @@ pub fn go_version(obj: &object::File<'_>) -> Option<String> {
     let header = read_at(obj, header_addr, 2 * ptr_size)?;
     let str_addr = read_ptr(header, 0)?;
     let len = read_ptr(header, ptr_size)?;
-    let bytes = read_at(obj, str_addr, usize::try_from(len).ok().filter(|&l| l < 256)?)?;
+    let bytes = read_at(
+        obj,
+        str_addr,
+        usize::try_from(len).ok().filter(|&l| l < 256)?,
+    )?;
     String::from_utf8(bytes.to_vec()).ok()
 }
 
@@ -111,7 +120,7 @@ fn executable_tls_block_offset(vaddr: u64, memsz: u64, align: u64) -> Option<u64
     }
     let firstbyte = align.wrapping_sub(vaddr & (align - 1)) & (align - 1);
     let size = memsz.checked_sub(firstbyte)?;
-    Some(size.checked_add(align - 1)? & !(align - 1)) .map(|r| r + firstbyte)
+    Some(size.checked_add(align - 1)? & !(align - 1)).map(|r| r + firstbyte)
 }
 
 fn tls_segment(obj: &object::File<'_>) -> Option<(u64, u64, u64)> {

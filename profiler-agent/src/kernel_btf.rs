@@ -14,7 +14,8 @@ pub fn member_offset(btf: &Btf, root: &str, path: &[&str]) -> Result<u64> {
         .ok_or_else(|| anyhow!("{root} is not a struct"))?;
     let mut offset_bits = 0u64;
     for name in path {
-        let (bits, member_ty) = find_member(btf, &ty, name, 0)?.ok_or_else(|| anyhow!("{root} has no member {name}"))?;
+        let (bits, member_ty) = find_member(btf, &ty, name, 0)?
+            .ok_or_else(|| anyhow!("{root} has no member {name}"))?;
         offset_bits += bits;
         ty = member_ty;
     }

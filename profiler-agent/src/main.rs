@@ -15,15 +15,15 @@ use tracing::{error, info, warn};
 
 use profiler_agent::{
     aggregate::Aggregator,
-    context_sources::ContextConfigs,
-    trace_context::LabelFilter,
     config::{Args, Config},
+    context_sources::ContextConfigs,
     ebpf_loader::{KernelCounters, LoadedProgram},
-    processes::Processes,
     processes,
-    unwind_tables::UnwindTables,
+    processes::Processes,
     profile_writer::{Job, ProfileWriter},
     ring_reader::{self, ReaderStats},
+    trace_context::LabelFilter,
+    unwind_tables::UnwindTables,
 };
 
 fn main() -> ExitCode {
@@ -36,7 +36,10 @@ fn main() -> ExitCode {
         .init();
     let config: Config = Args::parse().into();
     // One thread is plenty for draining the ring; symbolization has its own thread.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!(error = %e, "cannot start the async runtime");
@@ -53,8 +56,16 @@ fn main() -> ExitCode {
 }
 
 /// Drop counters of one interval, written into the profile's comments.
-fn interval_comments(k: &KernelCounters, delivered: u64, reader: &ReaderStats, procs: &processes::ProcessStats) -> Vec<String> {
-    let mut c: Vec<String> = Counter::ALL.iter().map(|&x| format!("{}={}", x.name(), k.get(x))).collect();
+fn interval_comments(
+    k: &KernelCounters,
+    delivered: u64,
+    reader: &ReaderStats,
+    procs: &processes::ProcessStats,
+) -> Vec<String> {
+    let mut c: Vec<String> = Counter::ALL
+        .iter()
+        .map(|&x| format!("{}={}", x.name(), k.get(x)))
+        .collect();
     c.push(format!("delivered={delivered}"));
     c.push(format!("malformed_records={}", reader.malformed));
     c.push(format!("maps_unreadable={}", procs.maps_unreadable));
@@ -64,16 +75,26 @@ fn interval_comments(k: &KernelCounters, delivered: u64, reader: &ReaderStats, p
 
 async fn run(config: Config) -> Result<()> {
     let unwind_rows = config.unwind_tables.then_some(config.unwind_table_rows);
-    let (mut program, maps) =
-        LoadedProgram::load_and_attach(config.frequency, &config.pids, config.ring_buffer_bytes, unwind_rows)?;
+    let (mut program, maps) = LoadedProgram::load_and_attach(
+        config.frequency,
+        &config.pids,
+        config.ring_buffer_bytes,
+        unwind_rows,
+    )?;
     let ring = maps.ring;
-    let mut unwind = maps
-        .unwind
-        .map(|m| UnwindTables::new(m, "/proc", config.unwind_table_rows, profiler_common::MAX_UNWIND_TABLES));
+    let mut unwind = maps.unwind.map(|m| {
+        UnwindTables::new(
+            m,
+            "/proc",
+            config.unwind_table_rows,
+            profiler_common::MAX_UNWIND_TABLES,
+        )
+    });
     if let Some(u) = unwind.as_mut() {
         u.scan_existing(&config.pids);
     }
-    let mut contexts = maps.contexts
+    let mut contexts = maps
+        .contexts
         .filter(|_| config.trace_context)
         .map(|m| ContextConfigs::new(m, "/proc", !config.include_unsampled));
     if let Some(c) = contexts.as_mut() {
@@ -86,7 +107,9 @@ async fn run(config: Config) -> Result<()> {
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("registering the ring buffer with epoll: {e}"))?;
     let mut processes = Processes::new("/proc");
-    let mut agg = Aggregator::new(LabelFilter { allow: config.label_allow.clone() });
+    let mut agg = Aggregator::new(LabelFilter {
+        allow: config.label_allow.clone(),
+    });
     let mut reader = ReaderStats::default();
     let mut last_counters = KernelCounters::default();
     let mut last_delivered = 0u64;
@@ -117,7 +140,10 @@ async fn run(config: Config) -> Result<()> {
         let comments = interval_comments(&delta, delivered, reader, &processes.stats);
         let drops = delta.get(Counter::RingBufferFull);
         if drops > 0 {
-            warn!(drops, "ring buffer was full; samples were dropped (raise --ring-buffer-bytes)");
+            warn!(
+                drops,
+                "ring buffer was full; samples were dropped (raise --ring-buffer-bytes)"
+            );
         }
         let interval = agg.take(processes);
         processes.end_interval();
@@ -127,7 +153,11 @@ async fn run(config: Config) -> Result<()> {
         if let Some(u) = unwind.as_mut() {
             u.refresh();
         }
-        writer.submit(Job { interval, comments, drops })
+        writer.submit(Job {
+            interval,
+            comments,
+            drops,
+        })
     };
 
     loop {
@@ -165,14 +195,30 @@ async fn run(config: Config) -> Result<()> {
     // Stop sampling first, so that the final counters and the drained ring agree exactly.
     program.detach();
     ring_reader::drain(ring.get_mut(), &mut agg, &mut processes, &mut reader);
-    flush_now(&mut agg, &mut processes, &mut contexts, &mut unwind, &program, &reader)?;
+    flush_now(
+        &mut agg,
+        &mut processes,
+        &mut contexts,
+        &mut unwind,
+        &program,
+        &reader,
+    )?;
     writer.finish();
 
     let totals = program.counters();
-    let kernel: Vec<String> = Counter::ALL.iter().map(|&c| format!("{}={}", c.name(), totals.get(c))).collect();
+    let kernel: Vec<String> = Counter::ALL
+        .iter()
+        .map(|&c| format!("{}={}", c.name(), totals.get(c)))
+        .collect();
     let (go, otel, unknown_go) = contexts
         .as_ref()
-        .map(|c| (c.stats.go_processes, c.stats.otel_processes, c.stats.unknown_go_versions))
+        .map(|c| {
+            (
+                c.stats.go_processes,
+                c.stats.otel_processes,
+                c.stats.unknown_go_versions,
+            )
+        })
         .unwrap_or_default();
     let kernel = kernel.join(" ");
     let delivered = reader.delivered;
@@ -196,7 +242,11 @@ async fn run(config: Config) -> Result<()> {
          unwind_table_bytes_peak={u_bytes} unwind_compile_failed={u_failed} unwind_over_budget={u_over} \
          unwind_map_errors={u_map_errors} unwind_build_ms={u_build_ms}"
     );
-    info!(cpus = program.attached_cpus.len(), ring_bytes = program.ring_bytes, "detached");
+    info!(
+        cpus = program.attached_cpus.len(),
+        ring_bytes = program.ring_bytes,
+        "detached"
+    );
     if let Some((run_time, runs)) = run_stats {
         if let Some(ns_per_run) = (run_time.as_nanos() as u64).checked_div(runs) {
             info!(runs, ns_per_run, "bpf program run time");

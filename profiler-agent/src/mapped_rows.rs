@@ -25,12 +25,27 @@ impl MappedRows {
         // SAFETY: a fresh shared mapping of the map's fd, no address hint; the kernel checks
         // the length against the array's size. The result is checked before use.
         let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
         };
         if ptr == libc::MAP_FAILED {
-            bail!("mmap of the unwind-row array: {}", std::io::Error::last_os_error());
+            bail!(
+                "mmap of the unwind-row array: {}",
+                std::io::Error::last_os_error()
+            );
         }
-        Ok(MappedRows { ptr: ptr.cast(), rows, bytes, _map: map })
+        Ok(MappedRows {
+            ptr: ptr.cast(),
+            rows,
+            bytes,
+            _map: map,
+        })
     }
 
     /// Copies `rows` to index `first` on.
@@ -41,7 +56,8 @@ impl MappedRows {
         }
         // SAFETY: the range was checked to lie inside the mapped array, which lives as long as
         // `self`; UnwindRow is plain data, and the kernel only reads these rows.
-        let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(first as usize), rows.len()) };
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(self.ptr.add(first as usize), rows.len()) };
         dst.copy_from_slice(rows);
         Ok(())
     }

@@ -42,8 +42,10 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf>
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     f.sync_data().ok();
     std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(path)
@@ -59,10 +61,20 @@ mod tests {
         let t = |s| UNIX_EPOCH + Duration::from_millis(s);
         assert_eq!(file_name(t(0), 1), "cpu-19700101T000000.000Z-000001.pb.gz");
         // 2026-11-23T05:40:12.345Z
-        assert_eq!(file_name(t(1_795_412_412_345), 7), "cpu-20261123T054012.345Z-000007.pb.gz");
+        assert_eq!(
+            file_name(t(1_795_412_412_345), 7),
+            "cpu-20261123T054012.345Z-000007.pb.gz"
+        );
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        let mut names: Vec<_> = [5_000_000_000_000u64, 86_400_000, 1_000, 951_782_400_000].iter().map(|&ms| file_name(t(ms), 0)).collect();
-        let sorted = { let mut n = names.clone(); n.sort(); n };
+        let mut names: Vec<_> = [5_000_000_000_000u64, 86_400_000, 1_000, 951_782_400_000]
+            .iter()
+            .map(|&ms| file_name(t(ms), 0))
+            .collect();
+        let sorted = {
+            let mut n = names.clone();
+            n.sort();
+            n
+        };
         names.sort_by_key(|n| n.clone());
         assert_eq!(names, sorted);
     }

@@ -48,8 +48,14 @@ pub fn parse_maps(text: &str) -> Result<Vec<MapEntry>, ParseError> {
 }
 
 fn parse_line(line_no: usize, line: &str) -> Result<MapEntry, ParseError> {
-    let missing = |field| ParseError::Missing { line: line_no, field };
-    let number = |source| ParseError::Number { line: line_no, source };
+    let missing = |field| ParseError::Missing {
+        line: line_no,
+        field,
+    };
+    let number = |source| ParseError::Number {
+        line: line_no,
+        source,
+    };
     let mut rest = line;
     let mut next_field = |field| {
         let s = rest.trim_start();
@@ -111,7 +117,10 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         assert_eq!(maps[1].start, 0x55d4c8a02000);
         assert!(maps[1].executable && !maps[0].executable);
         assert_eq!(maps[1].offset, 0x2000);
-        assert_eq!((maps[1].dev_major, maps[1].dev_minor, maps[1].inode), (0xfe, 1, 1835042));
+        assert_eq!(
+            (maps[1].dev_major, maps[1].dev_minor, maps[1].inode),
+            (0xfe, 1, 1835042)
+        );
         assert_eq!(maps[3].path, "/opt/my app/lib with space.so");
         assert!(maps[3].is_file());
         assert!(!maps[2].is_file() && maps[2].path.is_empty());
@@ -131,7 +140,13 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
 
     #[test]
     fn bad_lines_are_errors_not_panics() {
-        for bad in ["", "zz-10 r-xp 0 fe:01 1", "10-20", "10-20 r-xp 0 fe01 1 /x", "10 r-xp 0 fe:01 1"] {
+        for bad in [
+            "",
+            "zz-10 r-xp 0 fe:01 1",
+            "10-20",
+            "10-20 r-xp 0 fe01 1 /x",
+            "10 r-xp 0 fe:01 1",
+        ] {
             let r = parse_maps(bad);
             if !bad.is_empty() {
                 assert!(r.is_err(), "{bad:?}");

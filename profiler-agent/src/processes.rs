@@ -54,7 +54,13 @@ struct Process {
 
 impl Process {
     fn empty(generation: u64) -> Process {
-        Process { name: String::new(), maps: Vec::new(), opened: Vec::new(), last_seen: generation, reread_in_generation: false }
+        Process {
+            name: String::new(),
+            maps: Vec::new(),
+            opened: Vec::new(),
+            last_seen: generation,
+            reread_in_generation: false,
+        }
     }
 }
 
@@ -124,7 +130,13 @@ impl Processes {
             .unwrap_or_default();
         let maps = self.read_maps(pid);
         let opened = vec![None; maps.len()];
-        Process { name, maps, opened, last_seen: self.generation, reread_in_generation: false }
+        Process {
+            name,
+            maps,
+            opened,
+            last_seen: self.generation,
+            reread_in_generation: false,
+        }
     }
 
     fn read_maps(&mut self, pid: u32) -> Vec<MapEntry> {
@@ -186,8 +198,19 @@ impl Processes {
                 }
             }
         }
-        let name: Arc<str> = if entry.path.is_empty() { Arc::from("[anon]") } else { Arc::from(entry.path.as_str()) };
-        UserFrame::Region { name, offset: if entry.is_file() { file_offset } else { addr - entry.start } }
+        let name: Arc<str> = if entry.path.is_empty() {
+            Arc::from("[anon]")
+        } else {
+            Arc::from(entry.path.as_str())
+        };
+        UserFrame::Region {
+            name,
+            offset: if entry.is_file() {
+                file_offset
+            } else {
+                addr - entry.start
+            },
+        }
     }
 
     fn find_entry(&mut self, pid: u32, addr: u64) -> Option<usize> {
@@ -219,13 +242,22 @@ impl Processes {
         // map_files works even when the file was deleted or lives in another mount namespace.
         let pid_dir = self.proc_root.join(pid.to_string());
         let candidates = [
-            pid_dir.join("map_files").join(format!("{:x}-{:x}", entry.start, entry.end)),
-            pid_dir.join("root").join(entry.path.trim_start_matches('/')),
+            pid_dir
+                .join("map_files")
+                .join(format!("{:x}-{:x}", entry.start, entry.end)),
+            pid_dir
+                .join("root")
+                .join(entry.path.trim_start_matches('/')),
         ];
         let mut last_error = None;
         for candidate in candidates {
             match Binary::open(&candidate) {
-                Ok(binary) => return Some(BinaryInfo { path: entry.path.clone(), binary }),
+                Ok(binary) => {
+                    return Some(BinaryInfo {
+                        path: entry.path.clone(),
+                        binary,
+                    })
+                }
                 Err(error) => last_error = Some(error),
             }
         }

@@ -1,9 +1,5 @@
 //! Turns one aggregated interval into a symbolized pprof profile.
-use std::{
-    collections::HashMap,
-    path::Path,
-    time::UNIX_EPOCH,
-};
+use std::{collections::HashMap, path::Path, time::UNIX_EPOCH};
 
 use symbolizer::{Frame, Kallsyms, Lookup, Symbolizer};
 use tracing::warn;
@@ -36,7 +32,10 @@ impl Symbols {
                 None
             }
         };
-        Symbols { symbolizer, kallsyms }
+        Symbols {
+            symbolizer,
+            kallsyms,
+        }
     }
 }
 
@@ -59,12 +58,19 @@ fn base_name(path: &str) -> &str {
 }
 
 /// Symbolizes every distinct (binary, address) of the interval in one batch per binary.
-fn symbolize_user(interval: &Interval, symbols: &mut Symbols, stats: &mut SymbolStats) -> HashMap<(BinaryKey, u64), Lookup> {
+fn symbolize_user(
+    interval: &Interval,
+    symbols: &mut Symbols,
+    stats: &mut SymbolStats,
+) -> HashMap<(BinaryKey, u64), Lookup> {
     let mut wanted: HashMap<BinaryKey, Vec<u64>> = HashMap::new();
     for s in &interval.stacks {
         for (depth, f) in s.user.iter().enumerate() {
             if let UserFrame::Binary { binary, vaddr } = f {
-                wanted.entry(*binary).or_default().push(lookup_addr(*vaddr, depth));
+                wanted
+                    .entry(*binary)
+                    .or_default()
+                    .push(lookup_addr(*vaddr, depth));
             }
         }
     }
@@ -72,7 +78,9 @@ fn symbolize_user(interval: &Interval, symbols: &mut Symbols, stats: &mut Symbol
     for (key, mut addrs) in wanted {
         addrs.sort_unstable();
         addrs.dedup();
-        let Some(info) = interval.binaries.get(&key) else { continue };
+        let Some(info) = interval.binaries.get(&key) else {
+            continue;
+        };
         match symbols.symbolizer.symbolize(&info.binary, &addrs) {
             Ok(results) => {
                 for (addr, r) in addrs.into_iter().zip(results) {
@@ -97,7 +105,11 @@ fn lookup_addr(addr: u64, depth: usize) -> u64 {
     }
 }
 
-pub fn build_profile(interval: &Interval, symbols: &mut Symbols, meta: &ProfileMeta<'_>) -> (Profile, SymbolStats) {
+pub fn build_profile(
+    interval: &Interval,
+    symbols: &mut Symbols,
+    meta: &ProfileMeta<'_>,
+) -> (Profile, SymbolStats) {
     let mut stats = SymbolStats::default();
     let user_symbols = symbolize_user(interval, symbols, &mut stats);
     let mut b = ProfileBuilder::new();
@@ -112,10 +124,19 @@ pub fn build_profile(interval: &Interval, symbols: &mut Symbols, meta: &ProfileM
         for (depth, &addr) in s.kernel.iter().enumerate() {
             stats.frames += 1;
             let mapping = *kernel_mapping.get_or_insert_with(|| {
-                b.add_mapping(MappingSpec { memory_start: 0, memory_limit: 0, file_offset: 0, filename: "[kernel.kallsyms]", build_id: "" })
+                b.add_mapping(MappingSpec {
+                    memory_start: 0,
+                    memory_limit: 0,
+                    file_offset: 0,
+                    filename: "[kernel.kallsyms]",
+                    build_id: "",
+                })
             });
             kernel_range = (kernel_range.0.min(addr), kernel_range.1.max(addr));
-            let symbol = symbols.kallsyms.as_ref().and_then(|k| k.lookup(lookup_addr(addr, depth)).ok());
+            let symbol = symbols
+                .kallsyms
+                .as_ref()
+                .and_then(|k| k.lookup(lookup_addr(addr, depth)).ok());
             let name = match symbol {
                 Some(sym) => match sym.module {
                     Some(module) => format!("{} [{}]", sym.name, module),
@@ -129,25 +150,56 @@ pub fn build_profile(interval: &Interval, symbols: &mut Symbols, meta: &ProfileM
             if symbol.is_some() {
                 mapping_has.entry(mapping).or_default().0 = true;
             }
-            locations.push(b.location(mapping, addr, depth == 0, &[LineSpec { function: &name, filename: "", line: 0 }]));
+            locations.push(b.location(
+                mapping,
+                addr,
+                depth == 0,
+                &[LineSpec {
+                    function: &name,
+                    filename: "",
+                    line: 0,
+                }],
+            ));
         }
         for (depth, f) in s.user.iter().enumerate() {
             stats.frames += 1;
             let is_leaf = depth == 0;
             let id = match f {
                 UserFrame::Binary { binary, vaddr } => {
-                    let Some(info) = interval.binaries.get(binary) else { continue };
+                    let Some(info) = interval.binaries.get(binary) else {
+                        continue;
+                    };
                     let mapping = *binary_mappings.entry(*binary).or_insert_with(|| {
-                        let segs: Vec<_> = info.binary.load_segments().iter().filter(|s| s.executable).collect();
+                        let segs: Vec<_> = info
+                            .binary
+                            .load_segments()
+                            .iter()
+                            .filter(|s| s.executable)
+                            .collect();
                         let start = segs.iter().map(|s| s.p_vaddr).min().unwrap_or(0);
-                        let limit = segs.iter().map(|s| s.p_vaddr + s.p_memsz).max().unwrap_or(u64::MAX);
-                        let offset = segs.iter().find(|s| s.p_vaddr == start).map(|s| s.p_offset).unwrap_or(0);
-                        let build_id = match (info.binary.gnu_build_id(), info.binary.go_build_id()) {
+                        let limit = segs
+                            .iter()
+                            .map(|s| s.p_vaddr + s.p_memsz)
+                            .max()
+                            .unwrap_or(u64::MAX);
+                        let offset = segs
+                            .iter()
+                            .find(|s| s.p_vaddr == start)
+                            .map(|s| s.p_offset)
+                            .unwrap_or(0);
+                        let build_id = match (info.binary.gnu_build_id(), info.binary.go_build_id())
+                        {
                             (Some(id), _) => hex(id),
                             (None, Some(go)) => go.to_string(),
                             (None, None) => String::new(),
                         };
-                        b.add_mapping(MappingSpec { memory_start: start, memory_limit: limit, file_offset: offset, filename: &info.path, build_id: &build_id })
+                        b.add_mapping(MappingSpec {
+                            memory_start: start,
+                            memory_limit: limit,
+                            file_offset: offset,
+                            filename: &info.path,
+                            build_id: &build_id,
+                        })
                     });
                     if let Some(m) = b.mapping_mut(mapping) {
                         m.memory_start = m.memory_start.min(*vaddr);
@@ -166,37 +218,89 @@ pub fn build_profile(interval: &Interval, symbols: &mut Symbols, meta: &ProfileM
                         _ => {
                             stats.unsymbolized += 1;
                             let name = format!("{}+0x{:x}", base_name(&info.path), vaddr);
-                            b.location(mapping, *vaddr, is_leaf, &[LineSpec { function: &name, filename: &info.path, line: 0 }])
+                            b.location(
+                                mapping,
+                                *vaddr,
+                                is_leaf,
+                                &[LineSpec {
+                                    function: &name,
+                                    filename: &info.path,
+                                    line: 0,
+                                }],
+                            )
                         }
                     }
                 }
                 UserFrame::Region { name, offset } => {
                     stats.unsymbolized += 1;
                     let mapping = *region_mappings.entry(name.to_string()).or_insert_with(|| {
-                        b.add_mapping(MappingSpec { memory_start: 0, memory_limit: 0, file_offset: 0, filename: name, build_id: "" })
+                        b.add_mapping(MappingSpec {
+                            memory_start: 0,
+                            memory_limit: 0,
+                            file_offset: 0,
+                            filename: name,
+                            build_id: "",
+                        })
                     });
                     if let Some(m) = b.mapping_mut(mapping) {
                         m.memory_limit = m.memory_limit.max(offset + 1);
                     }
                     let fname = format!("{}+0x{:x}", base_name(name), offset);
-                    b.location(mapping, *offset, is_leaf, &[LineSpec { function: &fname, filename: "", line: 0 }])
+                    b.location(
+                        mapping,
+                        *offset,
+                        is_leaf,
+                        &[LineSpec {
+                            function: &fname,
+                            filename: "",
+                            line: 0,
+                        }],
+                    )
                 }
                 UserFrame::Unmapped { addr } => {
                     stats.unsymbolized += 1;
-                    let mapping = *region_mappings.entry("[unknown]".into()).or_insert_with(|| {
-                        b.add_mapping(MappingSpec { memory_start: 0, memory_limit: u64::MAX, file_offset: 0, filename: "[unknown]", build_id: "" })
-                    });
+                    let mapping = *region_mappings
+                        .entry("[unknown]".into())
+                        .or_insert_with(|| {
+                            b.add_mapping(MappingSpec {
+                                memory_start: 0,
+                                memory_limit: u64::MAX,
+                                file_offset: 0,
+                                filename: "[unknown]",
+                                build_id: "",
+                            })
+                        });
                     let fname = format!("[unknown]+0x{addr:x}");
-                    b.location(mapping, *addr, is_leaf, &[LineSpec { function: &fname, filename: "", line: 0 }])
+                    b.location(
+                        mapping,
+                        *addr,
+                        is_leaf,
+                        &[LineSpec {
+                            function: &fname,
+                            filename: "",
+                            line: 0,
+                        }],
+                    )
                 }
             };
             locations.push(id);
         }
-        let process_name = interval.process_names.get(&s.pid).map(String::as_str).unwrap_or("");
+        let process_name = interval
+            .process_names
+            .get(&s.pid)
+            .map(String::as_str)
+            .unwrap_or("");
         let mut labels = vec![
             b.num_label("pid", i64::from(s.pid)),
             b.num_label("tid", i64::from(s.tid)),
-            b.str_label("comm", if process_name.is_empty() { &s.thread_name } else { process_name }),
+            b.str_label(
+                "comm",
+                if process_name.is_empty() {
+                    &s.thread_name
+                } else {
+                    process_name
+                },
+            ),
             b.str_label("thread_name", &s.thread_name),
         ];
         for (k, v) in &s.labels {
@@ -219,9 +323,20 @@ pub fn build_profile(interval: &Interval, symbols: &mut Symbols, meta: &ProfileM
             m.has_inline_frames = inlines;
         }
     }
-    let time_nanos = interval.start.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
-    let duration_nanos = interval.end.duration_since(interval.start).map(|d| d.as_nanos() as i64).unwrap_or(0);
-    (b.finish(meta.period_ns, time_nanos, duration_nanos, meta.comments), stats)
+    let time_nanos = interval
+        .start
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    let duration_nanos = interval
+        .end
+        .duration_since(interval.start)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    (
+        b.finish(meta.period_ns, time_nanos, duration_nanos, meta.comments),
+        stats,
+    )
 }
 
 fn line_specs(frames: &[Frame]) -> Vec<LineSpec<'_>> {

@@ -1,11 +1,6 @@
 //! The worker thread that symbolizes, builds and writes each profile, so the async runtime
 //! that reads the ring buffer never blocks on symbolization or disk.
-use std::{
-    path::PathBuf,
-    sync::mpsc,
-    thread::JoinHandle,
-    time::Duration,
-};
+use std::{path::PathBuf, sync::mpsc, thread::JoinHandle, time::Duration};
 
 use anyhow::{anyhow, Result};
 use symbolizer::{Symbolizer, SymbolizerConfig};
@@ -13,8 +8,7 @@ use tracing::{error, info};
 
 use crate::{
     aggregate::Interval,
-    output,
-    pprof,
+    output, pprof,
     profile_build::{build_profile, ProfileMeta, Symbols},
     summary,
 };
@@ -39,20 +33,30 @@ impl ProfileWriter {
         let handle = std::thread::Builder::new()
             .name("profile-writer".into())
             .spawn(move || {
-                let mut symbols = Symbols::new(Symbolizer::new(SymbolizerConfig::default()), "/proc/kallsyms".as_ref());
+                let mut symbols = Symbols::new(
+                    Symbolizer::new(SymbolizerConfig::default()),
+                    "/proc/kallsyms".as_ref(),
+                );
                 let mut seq = 0u64;
                 for job in rx {
                     seq += 1;
                     write_one(&job, &mut symbols, &output_dir, period_ns, seq);
                 }
             })?;
-        Ok(ProfileWriter { tx: Some(tx), handle: Some(handle) })
+        Ok(ProfileWriter {
+            tx: Some(tx),
+            handle: Some(handle),
+        })
     }
 
     /// Queues a profile; blocks briefly if two are already waiting.
     pub fn submit(&self, job: Job) -> Result<()> {
-        let tx = self.tx.as_ref().ok_or_else(|| anyhow!("writer already closed"))?;
-        tx.send(job).map_err(|_| anyhow!("profile writer thread is gone"))
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| anyhow!("writer already closed"))?;
+        tx.send(job)
+            .map_err(|_| anyhow!("profile writer thread is gone"))
     }
 
     /// Waits for every queued profile to be written.
@@ -68,7 +72,14 @@ impl ProfileWriter {
 
 fn write_one(job: &Job, symbols: &mut Symbols, dir: &std::path::Path, period_ns: i64, seq: u64) {
     let interval = &job.interval;
-    let (profile, stats) = build_profile(interval, symbols, &ProfileMeta { period_ns, comments: &job.comments });
+    let (profile, stats) = build_profile(
+        interval,
+        symbols,
+        &ProfileMeta {
+            period_ns,
+            comments: &job.comments,
+        },
+    );
     let bytes = match pprof::encode_gzip(&profile) {
         Ok(b) => b,
         Err(e) => {
@@ -77,7 +88,12 @@ fn write_one(job: &Job, symbols: &mut Symbols, dir: &std::path::Path, period_ns:
         }
     };
     let name = output::file_name(interval.start, seq);
-    let secs = interval.end.duration_since(interval.start).unwrap_or(Duration::from_secs(1)).as_secs_f64().max(1e-3);
+    let secs = interval
+        .end
+        .duration_since(interval.start)
+        .unwrap_or(Duration::from_secs(1))
+        .as_secs_f64()
+        .max(1e-3);
     match output::write_atomically(dir, &name, &bytes) {
         Ok(path) => info!(
             file = %path.display(),
@@ -90,6 +106,9 @@ fn write_one(job: &Job, symbols: &mut Symbols, dir: &std::path::Path, period_ns:
             top = %summary::format_top(&summary::top_functions(&profile, 5)),
             "wrote profile"
         ),
-        Err(e) => error!(error = format!("{e:#}"), "writing the profile failed; this interval is lost"),
+        Err(e) => error!(
+            error = format!("{e:#}"),
+            "writing the profile failed; this interval is lost"
+        ),
     }
 }

@@ -14,7 +14,12 @@ pub struct ReaderStats {
 }
 
 /// Reads every record currently in the ring. Returns how many were read.
-pub fn drain(ring: &mut RingBuf<MapData>, agg: &mut Aggregator, processes: &mut Processes, stats: &mut ReaderStats) -> u64 {
+pub fn drain(
+    ring: &mut RingBuf<MapData>,
+    agg: &mut Aggregator,
+    processes: &mut Processes,
+    stats: &mut ReaderStats,
+) -> u64 {
     let mut n = 0;
     while let Some(item) = ring.next() {
         n += 1;

@@ -19,7 +19,15 @@ pub fn top_functions(p: &Profile, n: usize) -> Vec<(String, i64)> {
     }
     let mut top: Vec<_> = self_counts
         .into_iter()
-        .map(|(name, c)| (p.string_table.get(name as usize).cloned().unwrap_or_default(), c))
+        .map(|(name, c)| {
+            (
+                p.string_table
+                    .get(name as usize)
+                    .cloned()
+                    .unwrap_or_default(),
+                c,
+            )
+        })
         .collect();
     top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     top.truncate(n);
@@ -27,5 +35,8 @@ pub fn top_functions(p: &Profile, n: usize) -> Vec<(String, i64)> {
 }
 
 pub fn format_top(top: &[(String, i64)]) -> String {
-    top.iter().map(|(n, c)| format!("{n} ({c})")).collect::<Vec<_>>().join(", ")
+    top.iter()
+        .map(|(n, c)| format!("{n} ({c})"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

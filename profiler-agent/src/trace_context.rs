@@ -1,7 +1,9 @@
 //! Decodes the trace context the eBPF program copied into a sample into pprof labels.
 use std::sync::Arc;
 
-use profiler_common::{RawContext, CONTEXT_FLAG_IDS, CONTEXT_SOURCE_GO, CONTEXT_SOURCE_OTEL, MAX_LABELS};
+use profiler_common::{
+    RawContext, CONTEXT_FLAG_IDS, CONTEXT_SOURCE_GO, CONTEXT_SOURCE_OTEL, MAX_LABELS,
+};
 
 /// Which extra (non-trace) labels to keep. Trace and span ids are always kept.
 #[derive(Debug, Clone, Default)]
@@ -12,7 +14,10 @@ pub struct LabelFilter {
 
 impl LabelFilter {
     fn keeps(&self, key: &str) -> bool {
-        key == "trace_id" || key == "span_id" || self.allow.is_empty() || self.allow.iter().any(|a| a == key)
+        key == "trace_id"
+            || key == "span_id"
+            || self.allow.is_empty()
+            || self.allow.iter().any(|a| a == key)
     }
 }
 
@@ -30,8 +35,15 @@ pub fn context_key(ctx: &RawContext) -> Box<[u8]> {
         }
         CONTEXT_SOURCE_GO => {
             let mut k = vec![ctx.source];
-            for l in ctx.labels.iter().take(usize::from(ctx.n_labels).min(MAX_LABELS)) {
-                let (kl, vl) = (usize::from(l.key_len).min(l.key.len()), usize::from(l.value_len).min(l.value.len()));
+            for l in ctx
+                .labels
+                .iter()
+                .take(usize::from(ctx.n_labels).min(MAX_LABELS))
+            {
+                let (kl, vl) = (
+                    usize::from(l.key_len).min(l.key.len()),
+                    usize::from(l.value_len).min(l.value.len()),
+                );
                 k.push(kl as u8);
                 k.extend_from_slice(&l.key[..kl]);
                 k.push(vl as u8);
@@ -56,12 +68,21 @@ pub fn decode(ctx: &RawContext, filter: &LabelFilter) -> Labels {
             out.push((Arc::from("span_id"), Arc::from(hex(&ctx.span_id))));
         }
         CONTEXT_SOURCE_GO => {
-            for l in ctx.labels.iter().take(usize::from(ctx.n_labels).min(MAX_LABELS)) {
-                let key = String::from_utf8_lossy(&l.key[..usize::from(l.key_len).min(l.key.len())]).into_owned();
+            for l in ctx
+                .labels
+                .iter()
+                .take(usize::from(ctx.n_labels).min(MAX_LABELS))
+            {
+                let key =
+                    String::from_utf8_lossy(&l.key[..usize::from(l.key_len).min(l.key.len())])
+                        .into_owned();
                 if key.is_empty() || !filter.keeps(&key) {
                     continue;
                 }
-                let value = String::from_utf8_lossy(&l.value[..usize::from(l.value_len).min(l.value.len())]).into_owned();
+                let value = String::from_utf8_lossy(
+                    &l.value[..usize::from(l.value_len).min(l.value.len())],
+                )
+                .into_owned();
                 out.push((Arc::from(key), Arc::from(value)));
             }
         }
@@ -121,7 +142,12 @@ mod tests {
         c.n_labels = 200;
         let all = decode(&c, &LabelFilter::default());
         assert_eq!(all.len(), 3);
-        let only = decode(&c, &LabelFilter { allow: vec!["nothing".into()] });
+        let only = decode(
+            &c,
+            &LabelFilter {
+                allow: vec!["nothing".into()],
+            },
+        );
         assert_eq!(only.len(), 1);
         assert_eq!(&*only[0].0, "trace_id");
         assert!(!context_key(&c).is_empty());

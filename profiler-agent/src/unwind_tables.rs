@@ -13,7 +13,9 @@ use aya::maps::{
     Array, MapData,
 };
 use profiler_common::unwind::{MappingKey, UnwindMapping, UnwindRow, UnwindTableInfo, NO_TABLE};
-use profiler_unwind::{compile_elf, load_segments, lpm_blocks, mapping_bias, CompileOptions, LoadSegment, TableStore};
+use profiler_unwind::{
+    compile_elf, load_segments, lpm_blocks, mapping_bias, CompileOptions, LoadSegment, TableStore,
+};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -95,7 +97,12 @@ pub struct UnwindTables {
 }
 
 impl UnwindTables {
-    pub fn new(maps: UnwindMaps, proc_root: impl Into<PathBuf>, row_budget: u32, max_tables: u32) -> Self {
+    pub fn new(
+        maps: UnwindMaps,
+        proc_root: impl Into<PathBuf>,
+        row_budget: u32,
+        max_tables: u32,
+    ) -> Self {
         UnwindTables {
             maps,
             proc_root: proc_root.into(),
@@ -114,7 +121,10 @@ impl UnwindTables {
     pub fn scan_existing(&mut self, pids: &[u32]) {
         let all: Vec<u32> = if pids.is_empty() {
             std::fs::read_dir(&self.proc_root)
-                .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+                .map(|d| {
+                    d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                        .collect()
+                })
                 .unwrap_or_default()
         } else {
             pids.to_vec()
@@ -148,7 +158,9 @@ impl UnwindTables {
         let started = Instant::now();
         let dir = self.proc_root.join(pid.to_string());
         // Kernel threads and processes that already exited have no maps: nothing to add.
-        let maps = std::fs::read_to_string(dir.join("maps")).ok().and_then(|t| proc_maps::parse_maps(&t).ok());
+        let maps = std::fs::read_to_string(dir.join("maps"))
+            .ok()
+            .and_then(|t| proc_maps::parse_maps(&t).ok());
         let Some(maps) = maps else {
             self.remove_process(pid);
             return;
@@ -156,10 +168,25 @@ impl UnwindTables {
         let wanted: HashMap<MappingId, &MapEntry> = maps
             .iter()
             .filter(|m| m.executable && m.is_file())
-            .map(|m| ((m.start, m.end, m.offset, (m.dev_major, m.dev_minor, m.inode)), m))
+            .map(|m| {
+                (
+                    (
+                        m.start,
+                        m.end,
+                        m.offset,
+                        (m.dev_major, m.dev_minor, m.inode),
+                    ),
+                    m,
+                )
+            })
             .collect();
         let mut entries = self.procs.remove(&pid).unwrap_or_default();
-        let stale: Vec<MappingId> = entries.mappings.keys().filter(|id| !wanted.contains_key(id)).copied().collect();
+        let stale: Vec<MappingId> = entries
+            .mappings
+            .keys()
+            .filter(|id| !wanted.contains_key(id))
+            .copied()
+            .collect();
         for id in stale {
             if let Some(old) = entries.mappings.remove(&id) {
                 self.remove_mapping(pid, old);
@@ -182,7 +209,11 @@ impl UnwindTables {
             // process-wide entry, so the whole stack is walked by the table-aware unwinder,
             // falling back to frame pointers there.
             let key = Key::new(32, MappingKey::new(pid, 0));
-            let value = UnwindMapping { bias: 0, table_id: NO_TABLE, _pad: 0 };
+            let value = UnwindMapping {
+                bias: 0,
+                table_id: NO_TABLE,
+                _pad: 0,
+            };
             match self.maps.mappings.insert(&key, value, 0) {
                 Ok(()) => {
                     entries.process_key = Some(key);
@@ -198,21 +229,43 @@ impl UnwindTables {
         self.stats.build_time += started.elapsed();
     }
 
-    fn add_mapping(&mut self, pid: u32, dir: &Path, entry: &MapEntry, out: &mut MappingEntries) -> Result<()> {
+    fn add_mapping(
+        &mut self,
+        pid: u32,
+        dir: &Path,
+        entry: &MapEntry,
+        out: &mut MappingEntries,
+    ) -> Result<()> {
         let file = (entry.dev_major, entry.dev_minor, entry.inode);
-        let Some(table_id) = self.table_for(pid, dir, entry, file) else { return Ok(()) };
-        let Some(loaded) = self.files.get(&file) else { return Ok(()) };
-        let Some(bias) = mapping_bias(entry.start, entry.end - entry.start, entry.offset, &loaded.segments) else {
+        let Some(table_id) = self.table_for(pid, dir, entry, file) else {
+            return Ok(());
+        };
+        let Some(loaded) = self.files.get(&file) else {
+            return Ok(());
+        };
+        let Some(bias) = mapping_bias(
+            entry.start,
+            entry.end - entry.start,
+            entry.offset,
+            &loaded.segments,
+        ) else {
             self.stats.no_segment += 1;
             debug!(pid, path = %entry.path, offset = entry.offset, "no PT_LOAD segment for this mapping");
             self.release(table_id);
             return Ok(());
         };
         out.table_id = Some(table_id);
-        let value = UnwindMapping { bias, table_id, _pad: 0 };
+        let value = UnwindMapping {
+            bias,
+            table_id,
+            _pad: 0,
+        };
         for (data, prefix) in lpm_blocks(pid, entry.start, entry.end) {
             let key = Key::new(prefix, data);
-            self.maps.mappings.insert(&key, value, 0).context("inserting an LPM block")?;
+            self.maps
+                .mappings
+                .insert(&key, value, 0)
+                .context("inserting an LPM block")?;
             out.keys.push(key);
         }
         Ok(())
@@ -230,7 +283,9 @@ impl UnwindTables {
     }
 
     fn remove_process(&mut self, pid: u32) {
-        let Some(entries) = self.procs.remove(&pid) else { return };
+        let Some(entries) = self.procs.remove(&pid) else {
+            return;
+        };
         if let Some(key) = entries.process_key {
             if let Err(error) = self.maps.mappings.remove(&key) {
                 debug!(pid, %error, "removing the process-wide entry failed");
@@ -259,7 +314,9 @@ impl UnwindTables {
                 return None;
             }
         };
-        let opts = CompileOptions { max_rows: self.row_budget as usize };
+        let opts = CompileOptions {
+            max_rows: self.row_budget as usize,
+        };
         let compiled = match compile_elf(&data, &opts) {
             Err(profiler_unwind::Error::TooManyRows { limit }) => {
                 // Never fits, however much is freed: not retried.
@@ -268,7 +325,9 @@ impl UnwindTables {
                 warn!(pid, path = %entry.path, limit, "unwind table larger than the whole row budget; frame pointers only (raise --unwind-table-rows)");
                 return None;
             }
-            compiled => compiled.map_err(anyhow::Error::from).and_then(|table| Ok((table, load_segments(&data)?))),
+            compiled => compiled
+                .map_err(anyhow::Error::from)
+                .and_then(|table| Ok((table, load_segments(&data)?))),
         };
         let (table, segments) = match compiled {
             Ok(ok) => ok,
@@ -307,14 +366,28 @@ impl UnwindTables {
             unsupported = table.stats.unsupported.total(),
             "unwind table loaded"
         );
-        self.files.insert(file, LoadedFile { table_id: placement.table_id, segments });
+        self.files.insert(
+            file,
+            LoadedFile {
+                table_id: placement.table_id,
+                segments,
+            },
+        );
         Some(placement.table_id)
     }
 
-    fn write_table(&mut self, table_id: u32, info: &UnwindTableInfo, rows: &[UnwindRow]) -> Result<()> {
+    fn write_table(
+        &mut self,
+        table_id: u32,
+        info: &UnwindTableInfo,
+        rows: &[UnwindRow],
+    ) -> Result<()> {
         self.maps.rows.write(info.first_row, rows)?;
         // The info goes last: until it is written the kernel finds an empty table.
-        self.maps.tables.set(table_id, info, 0).context("writing the table info")
+        self.maps
+            .tables
+            .set(table_id, info, 0)
+            .context("writing the table info")
     }
 
     /// Drops one user of `table_id`, freeing the table when it was the last.
@@ -322,7 +395,11 @@ impl UnwindTables {
         if !self.store.release(table_id) {
             return;
         }
-        if let Err(error) = self.maps.tables.set(table_id, UnwindTableInfo::default(), 0) {
+        if let Err(error) = self
+            .maps
+            .tables
+            .set(table_id, UnwindTableInfo::default(), 0)
+        {
             warn!(table_id, %error, "cannot clear unwind table info");
         }
         if let Some((&file, _)) = self.files.iter().find(|(_, f)| f.table_id == table_id) {
@@ -346,14 +423,17 @@ impl UnwindTables {
 
     /// Bytes of rows loaded right now.
     pub fn table_bytes(&self) -> u64 {
-        u64::from(self.row_budget - self.store.free_rows()) * std::mem::size_of::<UnwindRow>() as u64
+        u64::from(self.row_budget - self.store.free_rows())
+            * std::mem::size_of::<UnwindRow>() as u64
     }
 }
 
 /// The file behind a mapping: through map_files (works for deleted files and other mount
 /// namespaces), else through the process's root.
 fn read_mapped_file(dir: &Path, entry: &MapEntry) -> Result<Vec<u8>> {
-    let by_range = dir.join("map_files").join(format!("{:x}-{:x}", entry.start, entry.end));
+    let by_range = dir
+        .join("map_files")
+        .join(format!("{:x}-{:x}", entry.start, entry.end));
     std::fs::read(&by_range)
         .or_else(|_| std::fs::read(dir.join("root").join(entry.path.trim_start_matches('/'))))
         .with_context(|| format!("reading {}", entry.path))

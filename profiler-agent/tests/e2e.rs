@@ -14,11 +14,24 @@ fn clk_tck() -> f64 {
 }
 
 /// Runs a gated fixture under the agent filtered to its pid; returns (fixture stdout, agent log).
-fn profile_fixture(exe: &Path, args: &[&str], out: &Path, hz: i64, extra: &[&str]) -> (u32, String, Vec<String>) {
+fn profile_fixture(
+    exe: &Path,
+    args: &[&str],
+    out: &Path,
+    hz: i64,
+    extra: &[&str],
+) -> (u32, String, Vec<String>) {
     let mut fixture = Gated::start(exe, args);
     let pid = fixture.pid().to_string();
     let hz = hz.to_string();
-    let mut agent_args = vec!["--pid", &pid, "--frequency", &hz, "--profile-interval", "60"];
+    let mut agent_args = vec![
+        "--pid",
+        &pid,
+        "--frequency",
+        &hz,
+        "--profile-interval",
+        "60",
+    ];
     agent_args.extend_from_slice(extra);
     let agent = Agent::start(out, &agent_args);
     fixture.go();
@@ -29,7 +42,11 @@ fn profile_fixture(exe: &Path, args: &[&str], out: &Path, hz: i64, extra: &[&str
 }
 
 fn user_frames(s: &FlatSample) -> Vec<&str> {
-    s.frames.iter().filter(|(_, m)| m != "[kernel.kallsyms]").map(|(f, _)| f.as_str()).collect()
+    s.frames
+        .iter()
+        .filter(|(_, m)| m != "[kernel.kallsyms]")
+        .map(|(f, _)| f.as_str())
+        .collect()
 }
 
 #[test]
@@ -37,13 +54,21 @@ fn known_chain_is_profiled_with_the_right_weight_and_opens_in_go_pprof() {
     require_root();
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let exe = build_c(dir.path(), "chain", &["-O0", "-g", "-fno-omit-frame-pointer"]);
+    let exe = build_c(
+        dir.path(),
+        "chain",
+        &["-O0", "-g", "-fno-omit-frame-pointer"],
+    );
     let out = dir.path().join("profiles");
     let (pid, stdout, log) = profile_fixture(&exe, &["3"], &out, HZ, &[]);
 
     let profiles = read_profiles(&out);
     assert!(!profiles.is_empty(), "no profile written");
-    let samples: Vec<FlatSample> = profiles.iter().flat_map(|(_, p)| flatten(p)).filter(|s| s.pid == pid as i64).collect();
+    let samples: Vec<FlatSample> = profiles
+        .iter()
+        .flat_map(|(_, p)| flatten(p))
+        .filter(|s| s.pid == pid as i64)
+        .collect();
     let total: i64 = samples.iter().map(|s| s.count).sum();
     let with_chain: i64 = samples
         .iter()
@@ -52,47 +77,100 @@ fn known_chain_is_profiled_with_the_right_weight_and_opens_in_go_pprof() {
         .sum();
     assert!(total > 0, "no samples for the fixture");
     let share = with_chain as f64 / total as f64;
-    assert!(share >= 0.90, "only {with_chain}/{total} samples carry leaf<-middle<-outer<-main: {:?}", samples.iter().take(5).collect::<Vec<_>>());
+    assert!(
+        share >= 0.90,
+        "only {with_chain}/{total} samples carry leaf<-middle<-outer<-main: {:?}",
+        samples.iter().take(5).collect::<Vec<_>>()
+    );
 
     // Weight: samples must match the CPU time the process really used.
-    let ticks: f64 = stdout.trim().strip_prefix("cpu_ticks=").expect("fixture prints cpu_ticks").parse().unwrap();
+    let ticks: f64 = stdout
+        .trim()
+        .strip_prefix("cpu_ticks=")
+        .expect("fixture prints cpu_ticks")
+        .parse()
+        .unwrap();
     let expected = ticks / clk_tck() * HZ as f64;
     let ratio = total as f64 / expected;
-    assert!((0.9..=1.1).contains(&ratio), "{total} samples but CPU time implies {expected:.0} (ratio {ratio:.3})");
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "{total} samples but CPU time implies {expected:.0} (ratio {ratio:.3})"
+    );
     for s in &samples {
-        assert_eq!(s.cpu_ns, s.count * (1_000_000_000 / HZ), "cpu value is count x period");
+        assert_eq!(
+            s.cpu_ns,
+            s.count * (1_000_000_000 / HZ),
+            "cpu value is count x period"
+        );
         let labels: Vec<&str> = s.str_labels.iter().map(|(k, _)| k.as_str()).collect();
-        assert!(labels.contains(&"comm") && labels.contains(&"thread_name"), "{labels:?}");
+        assert!(
+            labels.contains(&"comm") && labels.contains(&"thread_name"),
+            "{labels:?}"
+        );
         assert!(s.str_labels.contains(&("comm".into(), "chain".into())));
     }
 
     // Nothing was lost: the kernel's count of samples equals what was delivered plus drops.
     let t = totals(&log);
-    assert_eq!(t["samples_taken"], t["delivered"] + t["ring_buffer_full"], "{t:?}");
+    assert_eq!(
+        t["samples_taken"],
+        t["delivered"] + t["ring_buffer_full"],
+        "{t:?}"
+    );
 
     // go tool pprof opens every file without complaint, and sees the same thing.
     let go = go_tool();
     for (path, _) in &profiles {
-        let top = Command::new(&go).args(["tool", "pprof", "-top"]).arg(path).output().unwrap();
+        let top = Command::new(&go)
+            .args(["tool", "pprof", "-top"])
+            .arg(path)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&top.stderr);
-        assert!(top.status.success(), "go tool pprof failed on {}: {stderr}", path.display());
+        assert!(
+            top.status.success(),
+            "go tool pprof failed on {}: {stderr}",
+            path.display()
+        );
         let lowered = stderr.to_lowercase();
-        assert!(!lowered.contains("warn") && !lowered.contains("error"), "go tool pprof complained: {stderr}");
+        assert!(
+            !lowered.contains("warn") && !lowered.contains("error"),
+            "go tool pprof complained: {stderr}"
+        );
     }
     let path = &profiles.last().unwrap().0;
     let focus = format!("pid={pid}");
-    let top = Command::new(&go).args(["tool", "pprof", "-top", "-tagfocus", &focus]).arg(path).output().unwrap();
+    let top = Command::new(&go)
+        .args(["tool", "pprof", "-top", "-tagfocus", &focus])
+        .arg(path)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&top.stdout);
     let first_row = text
         .lines()
         .skip_while(|l| !l.trim_start().starts_with("flat"))
         .nth(1)
         .unwrap_or_else(|| panic!("no rows in:\n{text}"));
-    assert!(first_row.trim_end().ends_with(" leaf"), "leaf is not on top for pid {pid}:\n{text}");
-    let raw = Command::new(&go).args(["tool", "pprof", "-raw"]).arg(path).output().unwrap();
+    assert!(
+        first_row.trim_end().ends_with(" leaf"),
+        "leaf is not on top for pid {pid}:\n{text}"
+    );
+    let raw = Command::new(&go)
+        .args(["tool", "pprof", "-raw"])
+        .arg(path)
+        .output()
+        .unwrap();
     let raw = String::from_utf8_lossy(&raw.stdout);
-    for needle in [format!("pid:[{pid}]"), "comm:[chain]".to_string(), "thread_name:[chain]".to_string()] {
-        assert!(raw.contains(&needle), "-raw lacks {needle}:\n{}", &raw[..raw.len().min(3000)]);
+    for needle in [
+        format!("pid:[{pid}]"),
+        "comm:[chain]".to_string(),
+        "thread_name:[chain]".to_string(),
+    ] {
+        assert!(
+            raw.contains(&needle),
+            "-raw lacks {needle}:\n{}",
+            &raw[..raw.len().min(3000)]
+        );
     }
 }
 
@@ -101,20 +179,36 @@ fn syscall_heavy_workload_shows_kernel_frames_under_user_frames() {
     require_root();
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let exe = build_c(dir.path(), "syscall_reader", &["-O0", "-g", "-fno-omit-frame-pointer"]);
+    let exe = build_c(
+        dir.path(),
+        "syscall_reader",
+        &["-O0", "-g", "-fno-omit-frame-pointer"],
+    );
     let out = dir.path().join("profiles");
     let (pid, _, _) = profile_fixture(&exe, &["2"], &out, HZ, &[]);
-    let samples: Vec<FlatSample> = read_profiles(&out).iter().flat_map(|(_, p)| flatten(p)).filter(|s| s.pid == pid as i64).collect();
+    let samples: Vec<FlatSample> = read_profiles(&out)
+        .iter()
+        .flat_map(|(_, p)| flatten(p))
+        .filter(|s| s.pid == pid as i64)
+        .collect();
     let total: i64 = samples.iter().map(|s| s.count).sum();
     assert!(total > 50, "too few samples: {total}");
     let mut kernel_then_user = 0;
     let mut kernel_names = std::collections::BTreeMap::<String, i64>::new();
     for s in &samples {
-        let kernel: Vec<&str> = s.frames.iter().take_while(|(_, m)| m == "[kernel.kallsyms]").map(|(f, _)| f.as_str()).collect();
+        let kernel: Vec<&str> = s
+            .frames
+            .iter()
+            .take_while(|(_, m)| m == "[kernel.kallsyms]")
+            .map(|(f, _)| f.as_str())
+            .collect();
         let rest = &s.frames[kernel.len()..];
         let symbolized = !kernel.is_empty() && kernel.iter().all(|f| !f.starts_with("[kernel]+"));
         // Kernel frames come first (innermost), then the user frames down to main.
-        if symbolized && rest.iter().all(|(_, m)| m != "[kernel.kallsyms]") && rest.iter().any(|(f, _)| f == "main") {
+        if symbolized
+            && rest.iter().all(|(_, m)| m != "[kernel.kallsyms]")
+            && rest.iter().any(|(f, _)| f == "main")
+        {
             kernel_then_user += s.count;
             for k in kernel {
                 *kernel_names.entry(k.to_string()).or_default() += s.count;
@@ -125,9 +219,19 @@ fn syscall_heavy_workload_shows_kernel_frames_under_user_frames() {
         kernel_then_user as f64 >= 0.5 * total as f64,
         "only {kernel_then_user}/{total} samples have symbolized kernel frames above main"
     );
-    let syscall_path = ["read_zero", "read_iter_zero", "iov_iter_zero", "vfs_read", "ksys_read", "__x64_sys_read", "do_syscall_64"];
+    let syscall_path = [
+        "read_zero",
+        "read_iter_zero",
+        "iov_iter_zero",
+        "vfs_read",
+        "ksys_read",
+        "__x64_sys_read",
+        "do_syscall_64",
+    ];
     assert!(
-        kernel_names.keys().any(|k| syscall_path.iter().any(|want| k == want)),
+        kernel_names
+            .keys()
+            .any(|k| syscall_path.iter().any(|want| k == want)),
         "no read(2) path in kernel frames: {kernel_names:?}"
     );
 }
@@ -140,17 +244,35 @@ fn overflow_is_counted_never_hidden() {
     let exe = build_c(dir.path(), "chain", &["-O0", "-fno-omit-frame-pointer"]);
     let out = dir.path().join("profiles");
     // A one-page ring that the reader ignores for two seconds at 999 Hz must overflow.
-    let (_, _, log) = profile_fixture(&exe, &["3"], &out, 999, &["--ring-buffer-bytes", "4096", "--stall-reader-secs", "2"]);
+    let (_, _, log) = profile_fixture(
+        &exe,
+        &["3"],
+        &out,
+        999,
+        &["--ring-buffer-bytes", "4096", "--stall-reader-secs", "2"],
+    );
     let t = totals(&log);
     assert!(t["ring_buffer_full"] > 100, "expected drops: {t:?}");
     assert!(t["delivered"] > 0, "{t:?}");
-    assert_eq!(t["samples_taken"], t["delivered"] + t["ring_buffer_full"], "{t:?}");
+    assert_eq!(
+        t["samples_taken"],
+        t["delivered"] + t["ring_buffer_full"],
+        "{t:?}"
+    );
     // The drops are also recorded in the profile itself.
     let comments: Vec<String> = read_profiles(&out)
         .iter()
-        .flat_map(|(_, p)| p.comment.iter().map(|&c| p.string_table[c as usize].clone()).collect::<Vec<_>>())
+        .flat_map(|(_, p)| {
+            p.comment
+                .iter()
+                .map(|&c| p.string_table[c as usize].clone())
+                .collect::<Vec<_>>()
+        })
         .collect();
-    let dropped: u64 = comments.iter().filter_map(|c| c.strip_prefix("ring_buffer_full=")?.parse::<u64>().ok()).sum();
+    let dropped: u64 = comments
+        .iter()
+        .filter_map(|c| c.strip_prefix("ring_buffer_full=")?.parse::<u64>().ok())
+        .sum();
     assert_eq!(dropped, t["ring_buffer_full"], "{comments:?}");
 }
 
@@ -161,26 +283,55 @@ fn host_wide_profiling_writes_time_sorted_valid_profiles() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("profiles");
     let status = Command::new(env!("CARGO_BIN_EXE_profiler-agent"))
-        .args(["--duration", "3", "--frequency", "99", "--profile-interval", "1", "--output-dir"])
+        .args([
+            "--duration",
+            "3",
+            "--frequency",
+            "99",
+            "--profile-interval",
+            "1",
+            "--output-dir",
+        ])
         .arg(&out)
         .status()
         .unwrap();
     assert!(status.success());
     let profiles = read_profiles(&out);
-    assert!(profiles.len() >= 3, "expected one profile a second plus the last: {}", profiles.len());
+    assert!(
+        profiles.len() >= 3,
+        "expected one profile a second plus the last: {}",
+        profiles.len()
+    );
     let mut last_time = 0;
     for (path, p) in &profiles {
-        assert!(p.time_nanos >= last_time, "{} is out of order", path.display());
+        assert!(
+            p.time_nanos >= last_time,
+            "{} is out of order",
+            path.display()
+        );
         last_time = p.time_nanos;
         assert_eq!(p.string_table[0], "");
         assert_eq!(p.period, 1_000_000_000 / HZ);
-        let st: Vec<_> = p.sample_type.iter().map(|v| (p.string_table[v.r#type as usize].as_str(), p.string_table[v.unit as usize].as_str())).collect();
+        let st: Vec<_> = p
+            .sample_type
+            .iter()
+            .map(|v| {
+                (
+                    p.string_table[v.r#type as usize].as_str(),
+                    p.string_table[v.unit as usize].as_str(),
+                )
+            })
+            .collect();
         assert_eq!(st, [("samples", "count"), ("cpu", "nanoseconds")]);
         for (i, m) in p.mapping.iter().enumerate() {
             assert_eq!(m.id, i as u64 + 1);
         }
         for l in &p.location {
-            assert!(!l.line.is_empty(), "location {} has no line (speedscope would drop it)", l.id);
+            assert!(
+                !l.line.is_empty(),
+                "location {} has no line (speedscope would drop it)",
+                l.id
+            );
             let m = &p.mapping[l.mapping_id as usize - 1];
             assert!(
                 m.memory_start <= l.address && l.address < m.memory_limit,

@@ -8,7 +8,10 @@ use symbolizer::{Binary, Symbolizer, SymbolizerConfig};
 fn nm_symbol(exe: &Path, name: &str) -> u64 {
     let out = Command::new("nm").arg(exe).output().expect("nm (binutils)");
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.ends_with(&format!(" {name}"))).unwrap_or_else(|| panic!("{name} not in nm output"));
+    let line = text
+        .lines()
+        .find(|l| l.ends_with(&format!(" {name}")))
+        .unwrap_or_else(|| panic!("{name} not in nm output"));
     u64::from_str_radix(line.split_whitespace().next().unwrap(), 16).unwrap()
 }
 
@@ -26,9 +29,20 @@ fn pie_addresses_normalize_to_elf_addresses() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = tmp.path().join("chain");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chain.c");
-    assert!(Command::new("gcc").args(["-O0", "-pie", "-fPIE", "-o"]).arg(&exe).arg(&src).status().unwrap().success());
+    assert!(Command::new("gcc")
+        .args(["-O0", "-pie", "-fPIE", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .unwrap()
+        .success());
     let binary = Binary::open(&exe).unwrap();
-    let text = binary.load_segments().iter().find(|s| s.executable).copied().expect("executable PT_LOAD");
+    let text = binary
+        .load_segments()
+        .iter()
+        .find(|s| s.executable)
+        .copied()
+        .expect("executable PT_LOAD");
 
     let root = tmp.path().join("proc");
     let pid = 4242;
@@ -50,7 +64,9 @@ fn pie_addresses_normalize_to_elf_addresses() {
     for name in ["leaf", "middle", "outer", "main"] {
         let elf_addr = nm_symbol(&exe, name);
         let frames = procs.normalize(pid, &[base + elf_addr + 1]);
-        let UserFrame::Binary { binary, vaddr } = &frames[0] else { panic!("{name}: {frames:?}") };
+        let UserFrame::Binary { binary, vaddr } = &frames[0] else {
+            panic!("{name}: {frames:?}")
+        };
         assert_eq!(*vaddr, elf_addr + 1, "{name}");
         let info = procs.binary(*binary).unwrap();
         assert_eq!(info.path, "/usr/bin/chain");
@@ -59,7 +75,10 @@ fn pie_addresses_normalize_to_elf_addresses() {
     }
     assert_eq!(procs.process_name(pid), "chain");
     let vdso = procs.normalize(pid, &[0x7ffc00000010]);
-    assert!(matches!(&vdso[0], UserFrame::Region { name, offset: 0x10 } if &**name == "[vdso]"), "{vdso:?}");
+    assert!(
+        matches!(&vdso[0], UserFrame::Region { name, offset: 0x10 } if &**name == "[vdso]"),
+        "{vdso:?}"
+    );
 
     // The binary vanishes from disk: frames already opened keep normalizing.
     fs::remove_file(in_root.join("chain")).unwrap();
@@ -77,16 +96,29 @@ fn vanished_process_and_bogus_binary_are_counted() {
 
     // No /proc/PID at all: the process exited before we looked.
     let frames = procs.normalize(9999, &[0x401000, 0x402000]);
-    assert!(frames.iter().all(|f| matches!(f, UserFrame::Unmapped { .. })), "{frames:?}");
+    assert!(
+        frames
+            .iter()
+            .all(|f| matches!(f, UserFrame::Unmapped { .. })),
+        "{frames:?}"
+    );
     assert_eq!(procs.stats.maps_unreadable, 1);
 
     // A mapping whose file is not an ELF: a region frame with the file offset, and a counter.
-    fake_process(&root, 77, "junk", "400000-401000 r-xp 00001000 08:01 55 /opt/junk\n");
+    fake_process(
+        &root,
+        77,
+        "junk",
+        "400000-401000 r-xp 00001000 08:01 55 /opt/junk\n",
+    );
     let dir = root.join("77/root/opt");
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("junk"), b"\x7fELF but not really, truncated").unwrap();
     let frames = procs.normalize(77, &[0x400010]);
-    assert!(matches!(&frames[0], UserFrame::Region { name, offset: 0x1010 } if &**name == "/opt/junk"), "{frames:?}");
+    assert!(
+        matches!(&frames[0], UserFrame::Region { name, offset: 0x1010 } if &**name == "/opt/junk"),
+        "{frames:?}"
+    );
     assert_eq!(procs.stats.binary_open_failed, 1);
 
     // Garbage in maps is an unreadable process, not a panic.

@@ -11,41 +11,82 @@ const TRACE_A: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const TRACE_B: &str = "0af7651916cd43dd8448eb211c80319c";
 
 fn label<'a>(s: &'a FlatSample, key: &str) -> Option<&'a str> {
-    s.str_labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    s.str_labels
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 /// Runs a gated fixture under the agent; returns its samples.
 fn profile(exe: &Path, args: &[&str], dir: &Path) -> Vec<FlatSample> {
-    let out = dir.join(format!("profiles-{}", exe.file_name().unwrap().to_string_lossy()));
+    let out = dir.join(format!(
+        "profiles-{}",
+        exe.file_name().unwrap().to_string_lossy()
+    ));
     let mut fixture = Gated::start(exe, args);
     let pid = fixture.pid().to_string();
-    let agent = Agent::start(&out, &["--pid", &pid, "--frequency", "99", "--profile-interval", "60"]);
+    let agent = Agent::start(
+        &out,
+        &[
+            "--pid",
+            &pid,
+            "--frequency",
+            "99",
+            "--profile-interval",
+            "60",
+        ],
+    );
     fixture.go();
     fixture.finish();
     let log = agent.stop();
     let t = totals(&log);
-    assert_eq!(t["samples_taken"], t["delivered"] + t["ring_buffer_full"], "{t:?}");
-    read_profiles(&out).iter().flat_map(|(_, p)| flatten(p)).collect()
+    assert_eq!(
+        t["samples_taken"],
+        t["delivered"] + t["ring_buffer_full"],
+        "{t:?}"
+    );
+    read_profiles(&out)
+        .iter()
+        .flat_map(|(_, p)| flatten(p))
+        .collect()
 }
 
 /// Per leaf function: how many samples carried which trace id (None = no trace label).
 fn traces_by_leaf(samples: &[FlatSample]) -> BTreeMap<String, BTreeMap<Option<String>, i64>> {
     let mut out: BTreeMap<String, BTreeMap<Option<String>, i64>> = BTreeMap::new();
     for s in samples {
-        let Some((leaf, _)) = s.frames.iter().find(|(_, m)| m != "[kernel.kallsyms]") else { continue };
-        *out.entry(leaf.clone()).or_default().entry(label(s, "trace_id").map(str::to_string)).or_default() += s.count;
+        let Some((leaf, _)) = s.frames.iter().find(|(_, m)| m != "[kernel.kallsyms]") else {
+            continue;
+        };
+        *out.entry(leaf.clone())
+            .or_default()
+            .entry(label(s, "trace_id").map(str::to_string))
+            .or_default() += s.count;
     }
     out
 }
 
-fn assert_isolated(by_leaf: &BTreeMap<String, BTreeMap<Option<String>, i64>>, leaf: &str, own: &str, other: &str) {
-    let counts = by_leaf.get(leaf).unwrap_or_else(|| panic!("no samples with leaf {leaf}: {by_leaf:?}"));
+fn assert_isolated(
+    by_leaf: &BTreeMap<String, BTreeMap<Option<String>, i64>>,
+    leaf: &str,
+    own: &str,
+    other: &str,
+) {
+    let counts = by_leaf
+        .get(leaf)
+        .unwrap_or_else(|| panic!("no samples with leaf {leaf}: {by_leaf:?}"));
     let total: i64 = counts.values().sum();
     let mine = counts.get(&Some(own.to_string())).copied().unwrap_or(0);
     let wrong = counts.get(&Some(other.to_string())).copied().unwrap_or(0);
     assert!(total >= 30, "too few samples of {leaf}: {counts:?}");
-    assert!(mine as f64 >= 0.99 * total as f64, "{leaf}: only {mine}/{total} carry its trace: {counts:?}");
-    assert_eq!(wrong, 0, "{leaf}: samples carry the other trace: {counts:?}");
+    assert!(
+        mine as f64 >= 0.99 * total as f64,
+        "{leaf}: only {mine}/{total} carry its trace: {counts:?}"
+    );
+    assert_eq!(
+        wrong, 0,
+        "{leaf}: samples carry the other trace: {counts:?}"
+    );
 }
 
 fn go_two_traces(version: &str) {
@@ -53,12 +94,25 @@ fn go_two_traces(version: &str) {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let exe = build_go(version, "labels", dir.path(), &[]);
-    let samples = profile(&exe, &["3", TRACE_A, "aaaaaaaaaaaaaaaa", TRACE_B, "bbbbbbbbbbbbbbbb"], dir.path());
+    let samples = profile(
+        &exe,
+        &[
+            "3",
+            TRACE_A,
+            "aaaaaaaaaaaaaaaa",
+            TRACE_B,
+            "bbbbbbbbbbbbbbbb",
+        ],
+        dir.path(),
+    );
     let by_leaf = traces_by_leaf(&samples);
     assert_isolated(&by_leaf, "main.hotA", TRACE_A, TRACE_B);
     assert_isolated(&by_leaf, "main.hotB", TRACE_B, TRACE_A);
     // Span ids and other labels travel with the trace.
-    let a = samples.iter().find(|s| label(s, "trace_id") == Some(TRACE_A)).unwrap();
+    let a = samples
+        .iter()
+        .find(|s| label(s, "trace_id") == Some(TRACE_A))
+        .unwrap();
     assert_eq!(label(a, "span_id"), Some("aaaaaaaaaaaaaaaa"));
     assert_eq!(label(a, "request"), Some("r-aaaa"));
 }
@@ -101,14 +155,23 @@ fn go_offset_table_matches_dwarf() {
         let obj = object::File::parse(&*data).unwrap();
         let v = go_runtime::go_version(&obj).expect("buildinfo version");
         let (major, minor) = go_runtime::parse_version(&v).unwrap();
-        let table = go_runtime::offsets_for(major, minor).unwrap_or_else(|| panic!("{v} not in table"));
+        let table =
+            go_runtime::offsets_for(major, minor).unwrap_or_else(|| panic!("{v} not in table"));
         assert_eq!(dwarf["g.m"], table.g_m, "{v}");
         assert_eq!(dwarf["m.curg"], table.m_curg, "{v}");
         assert_eq!(dwarf["g.labels"], table.g_labels, "{v}");
         // Stripped binaries keep their buildinfo, so the version is still found.
-        let stripped = build_go(version, "labels", &dir.path().join("stripped"), &["-ldflags=-s -w"]);
+        let stripped = build_go(
+            version,
+            "labels",
+            &dir.path().join("stripped"),
+            &["-ldflags=-s -w"],
+        );
         let data = std::fs::read(&stripped).unwrap();
-        assert_eq!(go_runtime::go_version(&object::File::parse(&*data).unwrap()).as_deref(), Some(v.as_str()));
+        assert_eq!(
+            go_runtime::go_version(&object::File::parse(&*data).unwrap()).as_deref(),
+            Some(v.as_str())
+        );
     }
 }
 
@@ -117,7 +180,11 @@ fn native_otel_thread_context() {
     require_root();
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let exe = build_c(dir.path(), "otel_threads", &["-O1", "-g", "-fno-omit-frame-pointer", "-pthread"]);
+    let exe = build_c(
+        dir.path(),
+        "otel_threads",
+        &["-O1", "-g", "-fno-omit-frame-pointer", "-pthread"],
+    );
     let out = dir.path().join("profiles-otel_threads");
     let samples = profile(&exe, &["3", TRACE_A, TRACE_B], dir.path());
     let by_leaf = traces_by_leaf(&samples);
@@ -125,8 +192,15 @@ fn native_otel_thread_context() {
     assert_isolated(&by_leaf, "hot_b", TRACE_B, TRACE_A);
     // Thread C's record has the sampled flag clear: its samples carry no trace at all.
     let c = by_leaf.get("hot_c").expect("samples of hot_c");
-    assert_eq!(c.keys().collect::<Vec<_>>(), [&None], "unsampled context leaked: {c:?}");
-    let a = samples.iter().find(|s| label(s, "trace_id") == Some(TRACE_A)).unwrap();
+    assert_eq!(
+        c.keys().collect::<Vec<_>>(),
+        [&None],
+        "unsampled context leaked: {c:?}"
+    );
+    let a = samples
+        .iter()
+        .find(|s| label(s, "trace_id") == Some(TRACE_A))
+        .unwrap();
     assert_eq!(label(a, "span_id"), Some("a1a1a1a1a1a1a1a1"));
 
     // go tool pprof -tagfocus selects exactly one trace's CPU.
@@ -134,11 +208,25 @@ fn native_otel_thread_context() {
     let files: Vec<_> = read_profiles(&out).into_iter().map(|(p, _)| p).collect();
     for (trace, want, not) in [(TRACE_A, "hot_a", "hot_b"), (TRACE_B, "hot_b", "hot_a")] {
         let focus = format!("trace_id={trace}");
-        let top = Command::new(&go).args(["tool", "pprof", "-top", "-tagfocus", &focus]).args(&files).output().unwrap();
+        let top = Command::new(&go)
+            .args(["tool", "pprof", "-top", "-tagfocus", &focus])
+            .args(&files)
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&top.stdout);
-        let rows: Vec<&str> = text.lines().skip_while(|l| !l.trim_start().starts_with("flat")).skip(1).collect();
-        assert!(rows.iter().any(|r| r.ends_with(&format!(" {want}"))), "{want} missing under {focus}:\n{text}");
-        assert!(!rows.iter().any(|r| r.ends_with(&format!(" {not}"))), "{not} leaked into {focus}:\n{text}");
+        let rows: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("flat"))
+            .skip(1)
+            .collect();
+        assert!(
+            rows.iter().any(|r| r.ends_with(&format!(" {want}"))),
+            "{want} missing under {focus}:\n{text}"
+        );
+        assert!(
+            !rows.iter().any(|r| r.ends_with(&format!(" {not}"))),
+            "{not} leaked into {focus}:\n{text}"
+        );
     }
 }
 
@@ -147,22 +235,48 @@ fn hostile_otel_records_give_counted_misses_never_wrong_labels() {
     require_root();
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let exe = build_c(dir.path(), "otel_faults", &["-O1", "-fno-omit-frame-pointer", "-pthread"]);
+    let exe = build_c(
+        dir.path(),
+        "otel_faults",
+        &["-O1", "-fno-omit-frame-pointer", "-pthread"],
+    );
     let out = dir.path().join("profiles");
     let mut fixture = Gated::start(&exe, &["3"]);
     let pid = fixture.pid().to_string();
-    let agent = Agent::start(&out, &["--pid", &pid, "--frequency", "99", "--profile-interval", "60"]);
+    let agent = Agent::start(
+        &out,
+        &[
+            "--pid",
+            &pid,
+            "--frequency",
+            "99",
+            "--profile-interval",
+            "60",
+        ],
+    );
     fixture.go();
     fixture.finish();
     let t = totals(&agent.stop());
-    assert!(t["context_read_error"] > 0, "bad pointer not counted: {t:?}");
-    assert!(t["context_invalid"] > 0, "invalid record not counted: {t:?}");
-    let samples: Vec<FlatSample> = read_profiles(&out).iter().flat_map(|(_, p)| flatten(p)).collect();
+    assert!(
+        t["context_read_error"] > 0,
+        "bad pointer not counted: {t:?}"
+    );
+    assert!(
+        t["context_invalid"] > 0,
+        "invalid record not counted: {t:?}"
+    );
+    let samples: Vec<FlatSample> = read_profiles(&out)
+        .iter()
+        .flat_map(|(_, p)| flatten(p))
+        .collect();
     let uniform = ["11".repeat(16), "22".repeat(16)];
     let mut churn = 0;
     for s in &samples {
         if let Some(trace) = label(s, "trace_id") {
-            assert!(uniform.contains(&trace.to_string()), "torn or bogus trace id {trace}");
+            assert!(
+                uniform.contains(&trace.to_string()),
+                "torn or bogus trace id {trace}"
+            );
             let span = label(s, "span_id").unwrap();
             assert_eq!(&trace[..16], span, "trace and span from different writes");
             churn += s.count;
@@ -179,27 +293,64 @@ fn unknown_go_version_gives_no_labels_and_a_warning() {
     let dir = tempfile::tempdir().unwrap();
     let exe = build_go("1.27.3", "labels", dir.path(), &[]);
     let mut bytes = std::fs::read(&exe).unwrap();
-    let hits: Vec<usize> = bytes.windows(8).enumerate().filter(|(_, w)| *w == b"go1.27.3").map(|(i, _)| i).collect();
+    let hits: Vec<usize> = bytes
+        .windows(8)
+        .enumerate()
+        .filter(|(_, w)| *w == b"go1.27.3")
+        .map(|(i, _)| i)
+        .collect();
     assert!(!hits.is_empty(), "version string in buildinfo");
     for at in hits {
         bytes[at..at + 8].copy_from_slice(b"go1.99.3");
     }
     let patched = dir.path().join("future-go");
     std::fs::write(&patched, &bytes).unwrap();
-    Command::new("chmod").arg("755").arg(&patched).status().unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(&patched)
+        .status()
+        .unwrap();
 
     let out = dir.path().join("profiles");
-    let mut fixture = Gated::start(&patched, &["2", TRACE_A, "aaaaaaaaaaaaaaaa", TRACE_B, "bbbbbbbbbbbbbbbb"]);
+    let mut fixture = Gated::start(
+        &patched,
+        &[
+            "2",
+            TRACE_A,
+            "aaaaaaaaaaaaaaaa",
+            TRACE_B,
+            "bbbbbbbbbbbbbbbb",
+        ],
+    );
     let pid = fixture.pid().to_string();
-    let agent = Agent::start(&out, &["--pid", &pid, "--frequency", "99", "--profile-interval", "60"]);
+    let agent = Agent::start(
+        &out,
+        &[
+            "--pid",
+            &pid,
+            "--frequency",
+            "99",
+            "--profile-interval",
+            "60",
+        ],
+    );
     fixture.go();
     fixture.finish();
     let log = agent.stop();
-    let warnings = log.iter().filter(|l| l.contains("Go version outside the label-offset table")).count();
+    let warnings = log
+        .iter()
+        .filter(|l| l.contains("Go version outside the label-offset table"))
+        .count();
     assert_eq!(warnings, 1, "expected one warning: {log:?}");
     assert!(log.iter().any(|l| l.contains("go1.99.3")));
     assert_eq!(totals(&log)["unknown_go_versions"], 1);
-    let samples: Vec<FlatSample> = read_profiles(&out).iter().flat_map(|(_, p)| flatten(p)).collect();
+    let samples: Vec<FlatSample> = read_profiles(&out)
+        .iter()
+        .flat_map(|(_, p)| flatten(p))
+        .collect();
     assert!(!samples.is_empty());
-    assert!(samples.iter().all(|s| label(s, "trace_id").is_none()), "labels from an unknown layout");
+    assert!(
+        samples.iter().all(|s| label(s, "trace_id").is_none()),
+        "labels from an unknown layout"
+    );
 }

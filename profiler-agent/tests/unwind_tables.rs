@@ -29,24 +29,45 @@ fn profile_gated(mut fixture: Gated, out: &Path, extra: &[&str]) -> (Vec<FlatSam
     let pid = fixture.pid();
     fixture.finish();
     let log = agent.stop();
-    let samples = read_profiles(out).iter().flat_map(|(_, p)| flatten(p)).filter(|s| s.pid == pid as i64).collect();
+    let samples = read_profiles(out)
+        .iter()
+        .flat_map(|(_, p)| flatten(p))
+        .filter(|s| s.pid == pid as i64)
+        .collect();
     (samples, log)
 }
 
 fn is(name: &str, want: &str) -> bool {
-    name == want || name.strip_suffix(want).is_some_and(|head| head.ends_with("::"))
+    name == want
+        || name
+            .strip_suffix(want)
+            .is_some_and(|head| head.ends_with("::"))
 }
 
 /// The sample's user frames hold leaf, middle, outer, main back to back, and a sample that
 /// reached `callback` crossed `through` (libc's qsort) on the way up to leaf.
 fn whole_chain(s: &FlatSample, callback: &str, through: Option<&str>) -> bool {
-    let user: Vec<&(String, String)> = s.frames.iter().filter(|(_, m)| m != "[kernel.kallsyms]").collect();
-    let Some(at) = user.iter().position(|(f, _)| is(f, "leaf")) else { return false };
+    let user: Vec<&(String, String)> = s
+        .frames
+        .iter()
+        .filter(|(_, m)| m != "[kernel.kallsyms]")
+        .collect();
+    let Some(at) = user.iter().position(|(f, _)| is(f, "leaf")) else {
+        return false;
+    };
     let chain = ["leaf", "middle", "outer", "main"];
-    if user.len() < at + chain.len() || !chain.iter().zip(&user[at..]).all(|(want, (f, _))| is(f, want)) {
+    if user.len() < at + chain.len()
+        || !chain
+            .iter()
+            .zip(&user[at..])
+            .all(|(want, (f, _))| is(f, want))
+    {
         return false;
     }
-    match (through, user[..at].iter().position(|(f, _)| is(f, callback))) {
+    match (
+        through,
+        user[..at].iter().position(|(f, _)| is(f, callback)),
+    ) {
         (Some(lib), Some(cb)) => user[cb + 1..at].iter().any(|(_, m)| m.contains(lib)),
         _ => true,
     }
@@ -54,13 +75,27 @@ fn whole_chain(s: &FlatSample, callback: &str, through: Option<&str>) -> bool {
 
 fn check(samples: &[FlatSample], log: &[String], callback: &str, through: Option<&str>) {
     let total: i64 = samples.iter().map(|s| s.count).sum();
-    let whole: i64 = samples.iter().filter(|s| whole_chain(s, callback, through)).map(|s| s.count).sum();
+    let whole: i64 = samples
+        .iter()
+        .filter(|s| whole_chain(s, callback, through))
+        .map(|s| s.count)
+        .sum();
     let t = totals(log);
     let share = whole as f64 / total.max(1) as f64;
-    eprintln!("whole chain in {whole}/{total} samples ({:.1}%); totals {t:?}", share * 100.0);
+    eprintln!(
+        "whole chain in {whole}/{total} samples ({:.1}%); totals {t:?}",
+        share * 100.0
+    );
     assert!(total > 100, "too few samples: {total}");
-    let broken: Vec<_> = samples.iter().filter(|s| !whole_chain(s, callback, through)).take(5).collect();
-    assert!(share >= 0.95, "only {whole}/{total} samples show the whole chain; e.g. {broken:#?}");
+    let broken: Vec<_> = samples
+        .iter()
+        .filter(|s| !whole_chain(s, callback, through))
+        .take(5)
+        .collect();
+    assert!(
+        share >= 0.95,
+        "only {whole}/{total} samples show the whole chain; e.g. {broken:#?}"
+    );
     assert!(t["unwind_stacks"] > 0, "{t:?}");
     assert!(t["unwind_tables_built"] > 0, "{t:?}");
     // Not vacuous: most samples are in the callback, deep inside the sort.
@@ -69,14 +104,24 @@ fn check(samples: &[FlatSample], log: &[String], callback: &str, through: Option
         .filter(|s| s.frames.iter().any(|(f, _)| is(f, callback)))
         .map(|s| s.count)
         .sum();
-    assert!(in_callback * 2 > total, "only {in_callback}/{total} samples in {callback}");
+    assert!(
+        in_callback * 2 > total,
+        "only {in_callback}/{total} samples in {callback}"
+    );
 }
 
 fn build_rust(dir: &Path) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chain_nofp.rs");
     let out = dir.join("chain_nofp");
     let status = Command::new("rustc")
-        .args(["-C", "opt-level=2", "-C", "force-frame-pointers=no", "-g", "-o"])
+        .args([
+            "-C",
+            "opt-level=2",
+            "-C",
+            "force-frame-pointers=no",
+            "-g",
+            "-o",
+        ])
         .arg(&out)
         .arg(&src)
         .status()
@@ -111,13 +156,22 @@ fn disabled_tables_leave_frame_pointer_stacks() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let exe = build_c(dir.path(), "qsort_chain", &["-O2", "-fomit-frame-pointer"]);
-    let (samples, log) = profile(&exe, "2", &dir.path().join("profiles"), &["--no-unwind-tables"]);
+    let (samples, log) = profile(
+        &exe,
+        "2",
+        &dir.path().join("profiles"),
+        &["--no-unwind-tables"],
+    );
     let t = totals(&log);
     assert_eq!(t["unwind_stacks"], 0, "{t:?}");
     assert_eq!(t["unwind_tables_built"], 0, "{t:?}");
     // Frame pointers alone lose the chain in this fixture: that is what the tables fix.
     let total: i64 = samples.iter().map(|s| s.count).sum();
-    let whole: i64 = samples.iter().filter(|s| whole_chain(s, "by_value", Some("libc.so"))).map(|s| s.count).sum();
+    let whole: i64 = samples
+        .iter()
+        .filter(|s| whole_chain(s, "by_value", Some("libc.so")))
+        .map(|s| s.count)
+        .sum();
     eprintln!("frame pointers only: whole chain in {whole}/{total} samples");
     assert!(total > 50 && whole * 2 < total, "{whole}/{total}");
 }
@@ -129,11 +183,20 @@ fn tables_over_the_row_budget_are_skipped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let exe = build_c(dir.path(), "qsort_chain", &["-O2", "-fomit-frame-pointer"]);
     // Room for the fixture's own small table, not for libc's (about 23k rows).
-    let (samples, log) = profile(&exe, "2", &dir.path().join("profiles"), &["--unwind-table-rows", "5000"]);
+    let (samples, log) = profile(
+        &exe,
+        "2",
+        &dir.path().join("profiles"),
+        &["--unwind-table-rows", "5000"],
+    );
     let t = totals(&log);
     assert!(t["unwind_over_budget"] > 0, "{t:?}");
     assert!(t["unwind_table_bytes_peak"] <= 5000 * 8, "{t:?}");
-    assert_eq!(t["samples_taken"], t["delivered"] + t["ring_buffer_full"], "{t:?}");
+    assert_eq!(
+        t["samples_taken"],
+        t["delivered"] + t["ring_buffer_full"],
+        "{t:?}"
+    );
     assert!(samples.iter().map(|s| s.count).sum::<i64>() > 50);
 }
 
@@ -147,9 +210,17 @@ fn exec_into_a_new_binary_gets_its_tables() {
     // mappings the agent picks up at its next profile interval (1 s here).
     let script = "read gate; exec \"$0\" 5 <<EOF\ngo\nEOF\n";
     let shell = Gated::start(Path::new("/bin/sh"), &["-c", script, exe.to_str().unwrap()]);
-    let (samples, log) = profile_gated(shell, &dir.path().join("profiles"), &["--profile-interval", "1"]);
+    let (samples, log) = profile_gated(
+        shell,
+        &dir.path().join("profiles"),
+        &["--profile-interval", "1"],
+    );
     let total: i64 = samples.iter().map(|s| s.count).sum();
-    let whole: i64 = samples.iter().filter(|s| whole_chain(s, "by_value", Some("libc.so"))).map(|s| s.count).sum();
+    let whole: i64 = samples
+        .iter()
+        .filter(|s| whole_chain(s, "by_value", Some("libc.so")))
+        .map(|s| s.count)
+        .sum();
     let t = totals(&log);
     eprintln!("after exec: whole chain in {whole}/{total} samples; totals {t:?}");
     assert!(total > 100, "{total}");
@@ -169,8 +240,12 @@ fn go_calling_c_through_cgo_shows_both_in_one_stack() {
     let go_chain = ["main.goInner", "main.goOuter", "main.main"];
     let mixed = |s: &FlatSample| {
         let names: Vec<&str> = s.frames.iter().map(|(f, _)| f.as_str()).collect();
-        let Some(c) = names.iter().position(|f| *f == "c_leaf") else { return false };
-        let Some(g) = names.iter().position(|f| *f == "main.goInner") else { return false };
+        let Some(c) = names.iter().position(|f| *f == "c_leaf") else {
+            return false;
+        };
+        let Some(g) = names.iter().position(|f| *f == "main.goInner") else {
+            return false;
+        };
         names[c..c + 2] == chain && g > c && names.len() >= g + 3 && names[g..g + 3] == go_chain
     };
     let whole: i64 = samples.iter().filter(|s| mixed(s)).map(|s| s.count).sum();
@@ -178,7 +253,10 @@ fn go_calling_c_through_cgo_shows_both_in_one_stack() {
     eprintln!("cgo: C and Go frames together in {whole}/{total} samples; totals {t:?}");
     assert!(total > 100, "{total}");
     let broken: Vec<_> = samples.iter().filter(|s| !mixed(s)).take(3).collect();
-    assert!(whole as f64 >= 0.9 * total as f64, "{whole}/{total}; e.g. {broken:#?}");
+    assert!(
+        whole as f64 >= 0.9 * total as f64,
+        "{whole}/{total}; e.g. {broken:#?}"
+    );
 }
 
 #[test]
@@ -194,12 +272,21 @@ fn deep_stacks_fill_all_127_frames() {
     let full: i64 = samples
         .iter()
         .filter(|s| {
-            let user: Vec<&str> = s.frames.iter().filter(|(_, m)| m != "[kernel.kallsyms]").map(|(f, _)| f.as_str()).collect();
-            user.len() == profiler_common::MAX_STACK_DEPTH && user[1..].iter().all(|f| *f == "recurse")
+            let user: Vec<&str> = s
+                .frames
+                .iter()
+                .filter(|(_, m)| m != "[kernel.kallsyms]")
+                .map(|(f, _)| f.as_str())
+                .collect();
+            user.len() == profiler_common::MAX_STACK_DEPTH
+                && user[1..].iter().all(|f| *f == "recurse")
         })
         .map(|s| s.count)
         .sum();
     eprintln!("127-frame stacks in {full}/{total} samples; totals {t:?}");
-    assert!(total > 50 && full as f64 >= 0.95 * total as f64, "{full}/{total}");
+    assert!(
+        total > 50 && full as f64 >= 0.95 * total as f64,
+        "{full}/{total}"
+    );
     assert!(t["unwind_stop_depth_limit"] > 0, "{t:?}");
 }

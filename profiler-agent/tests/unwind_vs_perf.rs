@@ -38,7 +38,10 @@ fn agent_chains(profiles: &[(PathBuf, Profile)], pid: u32) -> BTreeMap<Chain, i6
     for (_, p) in profiles {
         let s = |i: i64| p.string_table[i as usize].clone();
         for sample in &p.sample {
-            let is_pid = sample.label.iter().any(|l| s(l.key) == "pid" && l.num == i64::from(pid));
+            let is_pid = sample
+                .label
+                .iter()
+                .any(|l| s(l.key) == "pid" && l.num == i64::from(pid));
             if !is_pid {
                 continue;
             }
@@ -60,15 +63,34 @@ fn agent_chains(profiles: &[(PathBuf, Profile)], pid: u32) -> BTreeMap<Chain, i6
 /// perf's user callchains, symbolized with the same symbolizer. `perf script` prints each
 /// callchain address relative to its DSO, i.e. as the ELF address in that file.
 fn perf_chains(data: &std::path::Path) -> BTreeMap<Chain, i64> {
-    let out = Command::new("perf").args(["script", "--no-inline", "-F", "ip,dso", "-i"]).arg(data).output().expect("perf script");
-    assert!(out.status.success(), "perf script failed: {}", String::from_utf8_lossy(&out.stderr));
-    let mut symbolizer = Symbolizer::new(SymbolizerConfig { inlines: false, ..Default::default() });
+    let out = Command::new("perf")
+        .args(["script", "--no-inline", "-F", "ip,dso", "-i"])
+        .arg(data)
+        .output()
+        .expect("perf script");
+    assert!(
+        out.status.success(),
+        "perf script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut symbolizer = Symbolizer::new(SymbolizerConfig {
+        inlines: false,
+        ..Default::default()
+    });
     let mut binaries: HashMap<String, Option<Arc<Binary>>> = HashMap::new();
     let mut name_at = |dso: &str, vaddr: u64, leaf: bool| -> String {
-        let binary = binaries.entry(dso.to_string()).or_insert_with(|| Binary::open(dso.as_ref()).ok());
-        let Some(binary) = binary else { return format!("[{dso}]") };
+        let binary = binaries
+            .entry(dso.to_string())
+            .or_insert_with(|| Binary::open(dso.as_ref()).ok());
+        let Some(binary) = binary else {
+            return format!("[{dso}]");
+        };
         let lookup = if leaf { vaddr } else { vaddr.saturating_sub(1) };
-        match symbolizer.symbolize(binary, &[lookup]).ok().and_then(|mut r| r.pop()) {
+        match symbolizer
+            .symbolize(binary, &[lookup])
+            .ok()
+            .and_then(|mut r| r.pop())
+        {
             Some(Ok(frames)) if !frames.is_empty() => frames.last().unwrap().function.clone(),
             _ => format!("{dso}+{vaddr:x}"),
         }
@@ -79,20 +101,33 @@ fn perf_chains(data: &std::path::Path) -> BTreeMap<Chain, i64> {
             .lines()
             .filter_map(|l| {
                 let (ip, dso) = l.trim().split_once(' ')?;
-                Some((u64::from_str_radix(ip, 16).ok()?, dso.trim_start_matches('(').trim_end_matches(')').to_string()))
+                Some((
+                    u64::from_str_radix(ip, 16).ok()?,
+                    dso.trim_start_matches('(')
+                        .trim_end_matches(')')
+                        .to_string(),
+                ))
             })
             .collect();
         if frames.is_empty() {
             continue;
         }
-        let names: Vec<String> = frames.iter().enumerate().map(|(i, (ip, dso))| name_at(dso, *ip, i == 0)).collect();
+        let names: Vec<String> = frames
+            .iter()
+            .enumerate()
+            .map(|(i, (ip, dso))| name_at(dso, *ip, i == 0))
+            .collect();
         *chains.entry(normalize(names)).or_default() += 1;
     }
     chains
 }
 
 fn show(chains: &BTreeMap<Chain, i64>) -> String {
-    chains.iter().map(|(c, n)| format!("{n:5} {}", c.join(" <- "))).collect::<Vec<_>>().join("\n")
+    chains
+        .iter()
+        .map(|(c, n)| format!("{n:5} {}", c.join(" <- ")))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -106,11 +141,31 @@ fn kernel_unwound_chains_match_perf_dwarf() {
     let mut fixture = Gated::start(&exe, &["3"]);
     let pid = fixture.pid();
     let pid_s = pid.to_string();
-    let agent = Agent::start(&out, &["--pid", &pid_s, "--frequency", "99", "--profile-interval", "60"]);
+    let agent = Agent::start(
+        &out,
+        &[
+            "--pid",
+            &pid_s,
+            "--frequency",
+            "99",
+            "--profile-interval",
+            "60",
+        ],
+    );
     fixture.go();
     std::thread::sleep(Duration::from_millis(200));
     let perf = Command::new("perf")
-        .args(["record", "-q", "-e", "cpu-clock:u", "-F", "99", "--call-graph", "dwarf", "-o"])
+        .args([
+            "record",
+            "-q",
+            "-e",
+            "cpu-clock:u",
+            "-F",
+            "99",
+            "--call-graph",
+            "dwarf",
+            "-o",
+        ])
         .arg(&data)
         .args(["-p", &pid_s, "--", "sleep", "2"])
         .stdout(Stdio::null())
@@ -124,12 +179,22 @@ fn kernel_unwound_chains_match_perf_dwarf() {
     let ours = agent_chains(&read_profiles(&out), pid);
     let theirs = perf_chains(&data);
     let (our_total, their_total): (i64, i64) = (ours.values().sum(), theirs.values().sum());
-    eprintln!("ours ({our_total} samples):\n{}\nperf ({their_total} samples):\n{}", show(&ours), show(&theirs));
-    assert!(our_total > 100 && their_total > 50, "too few samples: ours {our_total}, perf {their_total}");
+    eprintln!(
+        "ours ({our_total} samples):\n{}\nperf ({their_total} samples):\n{}",
+        show(&ours),
+        show(&theirs)
+    );
+    assert!(
+        our_total > 100 && their_total > 50,
+        "too few samples: ours {our_total}, perf {their_total}"
+    );
     // Every chain that carries a real share of our samples, perf reports too.
     for (chain, n) in &ours {
         if n * 50 >= our_total {
-            assert!(theirs.contains_key(chain), "our chain ({n} samples) is not in perf's: {chain:?}");
+            assert!(
+                theirs.contains_key(chain),
+                "our chain ({n} samples) is not in perf's: {chain:?}"
+            );
         }
     }
     // And perf's chains that make up 90% of its samples are all ours.
@@ -140,7 +205,10 @@ fn kernel_unwound_chains_match_perf_dwarf() {
         if covered * 10 >= their_total * 9 {
             break;
         }
-        assert!(ours.contains_key(chain), "perf's chain ({n} samples) is missing from ours: {chain:?}");
+        assert!(
+            ours.contains_key(chain),
+            "perf's chain ({n} samples) is missing from ours: {chain:?}"
+        );
         covered += n;
     }
 }

@@ -91,7 +91,9 @@ pub struct RawContext {
 }
 
 const _: () = assert!(core::mem::size_of::<RawLabel>() == 8 + LABEL_KEY_LEN + LABEL_VALUE_LEN);
-const _: () = assert!(core::mem::size_of::<RawContext>() == 32 + MAX_LABELS * core::mem::size_of::<RawLabel>());
+const _: () = assert!(
+    core::mem::size_of::<RawContext>() == 32 + MAX_LABELS * core::mem::size_of::<RawLabel>()
+);
 
 /// Go's `runtime.g.labels` is a `*map[string]string` (Go 1.17 to 1.23).
 pub const GO_LABELS_MAP: u32 = 1;
@@ -133,7 +135,8 @@ pub const SAMPLE_FLAG_USER_STACK_TRUNCATED: u32 = 1 << 2;
 pub const SAMPLE_FLAG_KERNEL_STACK_TRUNCATED: u32 = 1 << 3;
 
 const _: () = assert!(
-    core::mem::size_of::<RawSample>() == 48 + 2 * 8 * MAX_STACK_DEPTH + core::mem::size_of::<RawContext>()
+    core::mem::size_of::<RawSample>()
+        == 48 + 2 * 8 * MAX_STACK_DEPTH + core::mem::size_of::<RawContext>()
 );
 const _: () = assert!(core::mem::align_of::<RawSample>() == 8);
 

@@ -81,7 +81,12 @@ pub struct UnwindRow {
 impl UnwindRow {
     /// A row with `cfa_offset` in bytes.
     pub const fn new(pc: u32, cfa_kind: u8, cfa_offset: u16, rbp_kind: u8, rbp_offset: i8) -> Self {
-        UnwindRow { pc, cfa_offset, rbp_offset, kinds: (cfa_kind & 0x0f) | ((rbp_kind & 0x07) << 4) }
+        UnwindRow {
+            pc,
+            cfa_offset,
+            rbp_offset,
+            kinds: (cfa_kind & 0x0f) | ((rbp_kind & 0x07) << 4),
+        }
     }
     /// A row for a CFA offset of `bytes`, in whichever unit fits; `None` if none does.
     pub const fn with_cfa_offset(
@@ -98,7 +103,10 @@ impl UnwindRow {
             return None;
         }
         let row = Self::new(pc, cfa_kind, (bytes / 8) as u16, rbp_kind, rbp_offset);
-        Some(UnwindRow { kinds: row.kinds | CFA_OFFSET_X8, ..row })
+        Some(UnwindRow {
+            kinds: row.kinds | CFA_OFFSET_X8,
+            ..row
+        })
     }
     pub const fn cfa_kind(&self) -> u8 {
         self.kinds & 0x0f
@@ -177,7 +185,10 @@ impl MappingKey {
     pub const BITS: u32 = 96;
 
     pub const fn new(pid: u32, addr: u64) -> Self {
-        MappingKey { pid: pid.to_be_bytes(), addr: addr.to_be_bytes() }
+        MappingKey {
+            pid: pid.to_be_bytes(),
+            addr: addr.to_be_bytes(),
+        }
     }
 }
 

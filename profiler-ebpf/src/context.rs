@@ -3,7 +3,9 @@
 //! `bpf_probe_read_*`, so garbage memory yields a counted miss, never a fault.
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user};
+use aya_ebpf::helpers::generated::{
+    bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user,
+};
 use profiler_common::{
     ContextConfig, Counter, RawContext, RawLabel, CONFIG_FLAG_REQUIRE_SAMPLED, CONTEXT_FLAG_IDS,
     CONTEXT_FLAG_TRUNCATED, CONTEXT_SOURCE_GO, CONTEXT_SOURCE_OTEL, GO_LABELS_MAP, GO_LABELS_SLICE,
@@ -32,7 +34,11 @@ fn thread_pointer() -> Option<u64> {
     let mut fsbase: u64 = 0;
     // SAFETY: probe read of 8 bytes from the current task_struct into a local.
     let ret = unsafe {
-        bpf_probe_read_kernel(&mut fsbase as *mut u64 as *mut c_void, 8, (task + off) as *const c_void)
+        bpf_probe_read_kernel(
+            &mut fsbase as *mut u64 as *mut c_void,
+            8,
+            (task + off) as *const c_void,
+        )
     };
     (ret == 0 && fsbase != 0).then_some(fsbase)
 }
@@ -43,14 +49,19 @@ fn copy_str<const CAP: usize>(dst: &mut [u8; CAP], ptr: u64, len: u64, truncated
     if len > CAP as u64 {
         *truncated = true;
     }
-    let n = if len > CAP as u64 { CAP as u32 } else { len as u32 };
+    let n = if len > CAP as u64 {
+        CAP as u32
+    } else {
+        len as u32
+    };
     // Mask and compare so the verifier sees the bound on the helper's size argument.
     let n = n & 127;
     if n == 0 || n > CAP as u32 {
         return 0;
     }
     // SAFETY: n <= CAP, the size of `dst`.
-    let ret = unsafe { bpf_probe_read_user(dst.as_mut_ptr() as *mut c_void, n, ptr as *const c_void) };
+    let ret =
+        unsafe { bpf_probe_read_user(dst.as_mut_ptr() as *mut c_void, n, ptr as *const c_void) };
     if ret == 0 {
         n as u8
     } else {
@@ -233,7 +244,9 @@ fn go_map_labels(labels: u64, ctx: &mut RawContext, truncated: &mut bool) -> Opt
         }
         let mut k = [0u64; 2];
         let mut v = [0u64; 2];
-        if !read_into(&mut k, bucket + 8 + (i * 16) as u64) || !read_into(&mut v, bucket + 8 + 128 + (i * 16) as u64) {
+        if !read_into(&mut k, bucket + 8 + (i * 16) as u64)
+            || !read_into(&mut v, bucket + 8 + 128 + (i * 16) as u64)
+        {
             return None;
         }
         let idx = n & (MAX_LABELS - 1);
@@ -243,4 +256,5 @@ fn go_map_labels(labels: u64, ctx: &mut RawContext, truncated: &mut bool) -> Opt
     Some(n as u8)
 }
 
-const _: () = assert!(MAX_LABELS.is_power_of_two() && LABEL_KEY_LEN <= 127 && LABEL_VALUE_LEN <= 127);
+const _: () =
+    assert!(MAX_LABELS.is_power_of_two() && LABEL_KEY_LEN <= 127 && LABEL_VALUE_LEN <= 127);

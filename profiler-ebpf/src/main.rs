@@ -4,22 +4,28 @@
 #![no_main]
 
 mod context;
-mod user_memory;
 mod unwind;
+mod user_memory;
 
 use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
-    helpers::{bpf_get_current_pid_tgid, generated::{bpf_get_current_comm, bpf_get_stack, bpf_get_smp_processor_id, bpf_ktime_get_ns}},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{
+            bpf_get_current_comm, bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns,
+        },
+    },
     macros::{map, perf_event},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::PerfEventContext,
     EbpfContext,
 };
 use profiler_common::{
-    ContextConfig, Counter, RawSample, COMM_LEN, MAX_CONTEXT_PROCESSES, MAX_FILTER_PIDS, MAX_STACK_DEPTH, SAMPLE_FLAG_KERNEL_STACK_ERROR,
-    SAMPLE_FLAG_KERNEL_STACK_TRUNCATED, SAMPLE_FLAG_USER_STACK_ERROR, SAMPLE_FLAG_USER_STACK_TRUNCATED,
+    ContextConfig, Counter, RawSample, COMM_LEN, MAX_CONTEXT_PROCESSES, MAX_FILTER_PIDS,
+    MAX_STACK_DEPTH, SAMPLE_FLAG_KERNEL_STACK_ERROR, SAMPLE_FLAG_KERNEL_STACK_TRUNCATED,
+    SAMPLE_FLAG_USER_STACK_ERROR, SAMPLE_FLAG_USER_STACK_TRUNCATED,
 };
 
 /// Sized by the agent at load time; this default only has to be a valid power of two.
@@ -35,7 +41,8 @@ static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_PIDS
 
 /// How to read the trace context of each process that has one, keyed by tgid.
 #[map]
-static CONTEXT_CONFIG: HashMap<u32, ContextConfig> = HashMap::with_max_entries(MAX_CONTEXT_PROCESSES, 0);
+static CONTEXT_CONFIG: HashMap<u32, ContextConfig> =
+    HashMap::with_max_entries(MAX_CONTEXT_PROCESSES, 0);
 
 /// Set by the agent before load; frozen, so the verifier prunes the filter when it is off.
 #[no_mangle]

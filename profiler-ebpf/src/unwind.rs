@@ -5,12 +5,16 @@ use core::{ffi::c_void, ptr::null_mut};
 
 use aya_ebpf::{
     bindings::{pt_regs, BPF_F_MMAPABLE},
-    helpers::generated::{bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel, bpf_task_pt_regs},
+    helpers::generated::{
+        bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel, bpf_task_pt_regs,
+    },
     macros::map,
     maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray},
 };
 use profiler_common::{
-    unwind::{MappingKey, StopReason, UnwindMapping, UnwindRegs, UnwindRow, UnwindTableInfo, NO_TABLE},
+    unwind::{
+        MappingKey, StopReason, UnwindMapping, UnwindRegs, UnwindRow, UnwindTableInfo, NO_TABLE,
+    },
     Counter, DEFAULT_UNWIND_ROWS, MAX_STACK_DEPTH, MAX_UNWIND_MAPPING_BLOCKS, MAX_UNWIND_TABLES,
 };
 
@@ -25,7 +29,8 @@ static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(DEFAULT_UNWIND_RO
 static UNWIND_TABLES: Array<UnwindTableInfo> = Array::with_max_entries(MAX_UNWIND_TABLES, 0);
 
 #[map]
-static UNWIND_MAPPINGS: LpmTrie<MappingKey, UnwindMapping> = LpmTrie::with_max_entries(MAX_UNWIND_MAPPING_BLOCKS, 0);
+static UNWIND_MAPPINGS: LpmTrie<MappingKey, UnwindMapping> =
+    LpmTrie::with_max_entries(MAX_UNWIND_MAPPING_BLOCKS, 0);
 
 /// Slots in `Scratch::frames`: a power of two above `MAX_STACK_DEPTH`, so a masked index is
 /// always in bounds.
@@ -65,7 +70,9 @@ fn mapping(pid: u32, pc: u64) -> Option<UnwindMapping> {
 
 #[inline(always)]
 fn lookup(st: *mut Scratch, pid: u32, pc: u64) -> Result<Option<UnwindRow>, StopReason> {
-    let Some(m) = mapping(pid, pc) else { return Ok(None) };
+    let Some(m) = mapping(pid, pc) else {
+        return Ok(None);
+    };
     if m.table_id == NO_TABLE {
         return Ok(None);
     }
@@ -81,16 +88,30 @@ fn lookup(st: *mut Scratch, pid: u32, pc: u64) -> Result<Option<UnwindRow>, Stop
             )
         }
     };
-    profiler_unwind::lookup_row_with(info, pc.wrapping_sub(m.bias), |i| UNWIND_ROWS.get(i).copied(), launder)
-        .map(Some)
+    profiler_unwind::lookup_row_with(
+        info,
+        pc.wrapping_sub(m.bias),
+        |i| UNWIND_ROWS.get(i).copied(),
+        launder,
+    )
+    .map(Some)
 }
 
 /// One frame; returns 1 to end the loop.
 extern "C" fn unwind_step(_index: u32, _ctx: *mut c_void) -> i64 {
-    let Some(sp) = UNWIND_SCRATCH.get_ptr_mut(0) else { return 1 };
+    let Some(sp) = UNWIND_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
     // SAFETY: a per-CPU array slot, used only by this CPU while the program runs. Fields are
     // copied out so that no reference is live while `lookup` writes the search bounds.
-    let (depth, pid, regs, exact_pc) = unsafe { ((*sp).depth as usize, (*sp).pid, (*sp).regs, (*sp).exact_pc != 0) };
+    let (depth, pid, regs, exact_pc) = unsafe {
+        (
+            (*sp).depth as usize,
+            (*sp).pid,
+            (*sp).regs,
+            (*sp).exact_pc != 0,
+        )
+    };
     if depth >= MAX_STACK_DEPTH {
         // SAFETY: as above.
         unsafe { (*sp).stop = StopReason::DepthLimit as u32 };
@@ -142,7 +163,12 @@ pub fn unwind_user(pid: u32, out: *mut u64) -> Option<u32> {
     st.frames[0] = rip;
     // SAFETY: the callback has the signature bpf_loop expects and ignores its context.
     unsafe {
-        bpf_loop(MAX_STACK_DEPTH as u32, unwind_step as *mut c_void, null_mut(), 0);
+        bpf_loop(
+            MAX_STACK_DEPTH as u32,
+            unwind_step as *mut c_void,
+            null_mut(),
+            0,
+        );
     }
     count(Counter::UnwindStacks);
     count_n(Counter::UnwindFpFrames, u64::from(st.fp_frames));

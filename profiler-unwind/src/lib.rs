@@ -43,15 +43,16 @@ pub use profiler_common::unwind::{
     MappingKey, StopReason, UnwindMapping, UnwindRegs as Regs, UnwindRow, UnwindTableInfo, NO_TABLE,
 };
 pub use search::{
-    find_row, lookup_row, lookup_row_with, search_rows, search_rows_with, table_pc, MAX_SEARCH_STEPS,
+    find_row, lookup_row, lookup_row_with, search_rows, search_rows_with, table_pc,
+    MAX_SEARCH_STEPS,
 };
 pub use step::{fp_step, step};
 pub use walk::{next_frame, unwind, Caller, Unwound};
 
 #[cfg(feature = "std")]
 pub use compile::{
-    compile_cfi, compile_eh_frame, compile_elf, CfiSection, CompileOptions, CompileStats, CompiledTable,
-    Error, SectionAddrs, UnsupportedStats,
+    compile_cfi, compile_eh_frame, compile_elf, CfiSection, CompileOptions, CompileStats,
+    CompiledTable, Error, SectionAddrs, UnsupportedStats,
 };
 #[cfg(feature = "std")]
 pub use mapping::{load_segments, lpm_blocks, mapping_bias, LoadSegment};

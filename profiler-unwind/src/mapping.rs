@@ -35,10 +35,19 @@ pub fn load_segments(elf: &[u8]) -> Result<Vec<LoadSegment>, object::Error> {
 /// segment, and segments can differ in `p_vaddr - p_offset` (rustc/ld output does).
 pub fn mapping_bias(start: u64, len: u64, offset: u64, segments: &[LoadSegment]) -> Option<u64> {
     let end = offset.checked_add(len)?;
-    let overlaps = |s: &&LoadSegment| s.offset < end && offset < s.offset.saturating_add(s.file_size);
-    let seg =
-        segments.iter().filter(overlaps).find(|s| s.executable).or_else(|| segments.iter().find(overlaps))?;
-    Some(start.wrapping_sub(offset).wrapping_add(seg.offset).wrapping_sub(seg.vaddr))
+    let overlaps =
+        |s: &&LoadSegment| s.offset < end && offset < s.offset.saturating_add(s.file_size);
+    let seg = segments
+        .iter()
+        .filter(overlaps)
+        .find(|s| s.executable)
+        .or_else(|| segments.iter().find(overlaps))?;
+    Some(
+        start
+            .wrapping_sub(offset)
+            .wrapping_add(seg.offset)
+            .wrapping_sub(seg.vaddr),
+    )
 }
 
 /// The aligned power-of-two blocks that exactly cover `[start, end)`, as `(key, prefix_len)`
@@ -72,7 +81,11 @@ mod tests {
             .map(|(key, prefix)| {
                 assert_eq!(key.pid, pid.to_be_bytes());
                 let addr_bits = prefix - 32;
-                let size = if addr_bits == 0 { u64::MAX } else { 1u64 << (64 - addr_bits) };
+                let size = if addr_bits == 0 {
+                    u64::MAX
+                } else {
+                    1u64 << (64 - addr_bits)
+                };
                 (u64::from_be_bytes(key.addr), size)
             })
             .collect()
@@ -80,7 +93,10 @@ mod tests {
 
     #[test]
     fn exact_cover() {
-        assert_eq!(covered(7, 0x1000, 0x3000), [(0x1000, 0x1000), (0x2000, 0x1000)]);
+        assert_eq!(
+            covered(7, 0x1000, 0x3000),
+            [(0x1000, 0x1000), (0x2000, 0x1000)]
+        );
         assert_eq!(covered(7, 0x4000, 0x8000), [(0x4000, 0x4000)]);
         let blocks = covered(1, 0x5555_5555_4000, 0x5555_5559_b000);
         let mut at = 0x5555_5555_4000;
@@ -102,8 +118,18 @@ mod tests {
         // rustc output: text at file 0x12a60 but vaddr 0x13a60; mapped from file page 0x12000,
         // which also holds the tail of the read-only segment.
         let segs = [
-            LoadSegment { offset: 0, file_size: 0x12a58, vaddr: 0, executable: false },
-            LoadSegment { offset: 0x12a60, file_size: 0x3e380, vaddr: 0x13a60, executable: true },
+            LoadSegment {
+                offset: 0,
+                file_size: 0x12a58,
+                vaddr: 0,
+                executable: false,
+            },
+            LoadSegment {
+                offset: 0x12a60,
+                file_size: 0x3e380,
+                vaddr: 0x13a60,
+                executable: true,
+            },
         ];
         let start = 0x55c9_9945_5000;
         let bias = mapping_bias(start, 0x3f000, 0x12000, &segs).unwrap();

@@ -11,7 +11,11 @@ pub const MAX_SEARCH_STEPS: u32 = 32;
 /// precedes the first row. `pc_at(i)` returns row `i`'s pc, or `None` if the row cannot be
 /// read, which ends the search with [`StopReason::BadFrame`].
 #[inline(always)]
-pub fn search_rows(count: u32, pc: u32, pc_at: impl FnMut(u32) -> Option<u32>) -> Result<Option<u32>, StopReason> {
+pub fn search_rows(
+    count: u32,
+    pc: u32,
+    pc_at: impl FnMut(u32) -> Option<u32>,
+) -> Result<Option<u32>, StopReason> {
     search_rows_with(count, pc, pc_at, |lo, hi| (lo, hi))
 }
 
@@ -85,9 +89,16 @@ pub fn lookup_row_with(
         return Ok(UnwindRow::default());
     };
     let first = info.first_row;
-    let found = search_rows_with(info.row_count, pc, |i| Some(row_at(first.checked_add(i)?)?.pc), launder)?;
+    let found = search_rows_with(
+        info.row_count,
+        pc,
+        |i| Some(row_at(first.checked_add(i)?)?.pc),
+        launder,
+    )?;
     match found {
-        Some(i) => row_at(first.checked_add(i).ok_or(StopReason::BadFrame)?).ok_or(StopReason::BadFrame),
+        Some(i) => {
+            row_at(first.checked_add(i).ok_or(StopReason::BadFrame)?).ok_or(StopReason::BadFrame)
+        }
         None => Ok(UnwindRow::default()),
     }
 }
@@ -104,7 +115,9 @@ mod tests {
     use profiler_common::unwind::CFA_RSP;
 
     fn rows(pcs: &[u32]) -> Vec<UnwindRow> {
-        pcs.iter().map(|&pc| UnwindRow::new(pc, CFA_RSP, pc as u16, 0, 0)).collect()
+        pcs.iter()
+            .map(|&pc| UnwindRow::new(pc, CFA_RSP, pc as u16, 0, 0))
+            .collect()
     }
 
     #[test]
@@ -143,16 +156,29 @@ mod tests {
     fn lookup_in_shared_array() {
         // Two tables in one array; the second starts at index 3.
         let all = rows(&[0, 5, 9, 0, 0x10, 0x20]);
-        let info = UnwindTableInfo { pc_base: 0x40_0000, first_row: 3, row_count: 3 };
+        let info = UnwindTableInfo {
+            pc_base: 0x40_0000,
+            first_row: 3,
+            row_count: 3,
+        };
         let at = |i: u32| all.get(i as usize).copied();
         assert_eq!(lookup_row(&info, 0x40_0018, at).unwrap().pc, 0x10);
         assert_eq!(lookup_row(&info, 0x40_0000, at).unwrap().pc, 0);
         assert_eq!(lookup_row(&info, 0x3f_ffff, at), Ok(UnwindRow::default()));
-        assert_eq!(lookup_row(&info, 0x40_0000 + (1 << 33), at), Ok(UnwindRow::default()));
+        assert_eq!(
+            lookup_row(&info, 0x40_0000 + (1 << 33), at),
+            Ok(UnwindRow::default())
+        );
         // A count running past the array's end.
-        let bad = UnwindTableInfo { row_count: 100, ..info };
+        let bad = UnwindTableInfo {
+            row_count: 100,
+            ..info
+        };
         assert_eq!(lookup_row(&bad, 0x40_0018, at), Err(StopReason::BadFrame));
-        let bad = UnwindTableInfo { first_row: u32::MAX, ..info };
+        let bad = UnwindTableInfo {
+            first_row: u32::MAX,
+            ..info
+        };
         assert_eq!(lookup_row(&bad, 0x40_0018, at), Err(StopReason::BadFrame));
     }
 

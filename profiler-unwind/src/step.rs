@@ -1,8 +1,9 @@
 //! One frame up: apply a row's rules, or follow the frame-pointer chain.
 
 use profiler_common::unwind::{
-    StopReason, UnwindRegs as Regs, UnwindRow, CFA_END_OF_STACK, CFA_NOT_COVERED, CFA_PLT, CFA_RBP, CFA_RSP,
-    CFA_SIGNAL_FRAME, CFA_STACK_SWITCH, RBP_AT_CFA, RBP_UNCHANGED, UCONTEXT_RBP, UCONTEXT_RIP, UCONTEXT_RSP,
+    StopReason, UnwindRegs as Regs, UnwindRow, CFA_END_OF_STACK, CFA_NOT_COVERED, CFA_PLT, CFA_RBP,
+    CFA_RSP, CFA_SIGNAL_FRAME, CFA_STACK_SWITCH, RBP_AT_CFA, RBP_UNCHANGED, UCONTEXT_RBP,
+    UCONTEXT_RIP, UCONTEXT_RSP,
 };
 
 /// The caller's registers according to `row`, which must be the row covering `regs.rip`.
@@ -52,12 +53,19 @@ pub fn step(
     if ra == 0 {
         return Err(StopReason::EndOfStack);
     }
-    Ok(Regs { rip: ra, rsp: cfa, rbp })
+    Ok(Regs {
+        rip: ra,
+        rsp: cfa,
+        rbp,
+    })
 }
 
 /// The interrupted registers saved in the signal frame at rsp.
 #[inline(always)]
-fn signal_step(regs: &Regs, mut read_u64: impl FnMut(u64) -> Option<u64>) -> Result<Regs, StopReason> {
+fn signal_step(
+    regs: &Regs,
+    mut read_u64: impl FnMut(u64) -> Option<u64>,
+) -> Result<Regs, StopReason> {
     let at = |off: u64| regs.rsp.checked_add(off).ok_or(StopReason::BadFrame);
     let rip = read_u64(at(UCONTEXT_RIP)?).ok_or(StopReason::ReadFailure)?;
     let rsp = read_u64(at(UCONTEXT_RSP)?).ok_or(StopReason::ReadFailure)?;
@@ -99,7 +107,11 @@ fn frame_record_step(
     if ra == 0 {
         return Err(StopReason::EndOfStack);
     }
-    Ok(Regs { rip: ra, rsp: caller_rsp, rbp: saved_rbp })
+    Ok(Regs {
+        rip: ra,
+        rsp: caller_rsp,
+        rbp: saved_rbp,
+    })
 }
 
 #[cfg(test)]
@@ -122,19 +134,41 @@ mod tests {
     fn rsp_rule_with_saved_rbp() {
         // push rbp; sub $16,rsp: CFA = rsp + 32, rbp at CFA - 16, RA at CFA - 8.
         let stack = [0, 0, 0xdead_0000, 0x40_1234];
-        let regs = Regs { rip: 0x1000, rsp: 0x7000, rbp: 5 };
+        let regs = Regs {
+            rip: 0x1000,
+            rsp: 0x7000,
+            rbp: 5,
+        };
         let row = UnwindRow::new(0, CFA_RSP, 32, RBP_AT_CFA, -2);
         let up = step(&regs, &row, mem(0x7000, &stack)).unwrap();
-        assert_eq!(up, Regs { rip: 0x40_1234, rsp: 0x7020, rbp: 0xdead_0000 });
+        assert_eq!(
+            up,
+            Regs {
+                rip: 0x40_1234,
+                rsp: 0x7020,
+                rbp: 0xdead_0000
+            }
+        );
     }
 
     #[test]
     fn rbp_rule_and_unchanged_rbp() {
         let stack = [0x7100, 0x40_5678];
-        let regs = Regs { rip: 0x1000, rsp: 0x6f00, rbp: 0x7000 };
+        let regs = Regs {
+            rip: 0x1000,
+            rsp: 0x6f00,
+            rbp: 0x7000,
+        };
         let row = UnwindRow::new(0, CFA_RBP, 16, RBP_AT_CFA, -2);
         let up = step(&regs, &row, mem(0x7000, &stack)).unwrap();
-        assert_eq!(up, Regs { rip: 0x40_5678, rsp: 0x7010, rbp: 0x7100 });
+        assert_eq!(
+            up,
+            Regs {
+                rip: 0x40_5678,
+                rsp: 0x7010,
+                rbp: 0x7100
+            }
+        );
         let row = UnwindRow::new(0, CFA_RBP, 16, RBP_UNCHANGED, 0);
         assert_eq!(step(&regs, &row, mem(0x7000, &stack)).unwrap().rbp, 0x7000);
     }
@@ -143,10 +177,26 @@ mod tests {
     fn plt_rule() {
         let stack = [0, 0x40_0001];
         let row = UnwindRow::new(0, CFA_PLT, 11, RBP_UNCHANGED, 0);
-        let at_start = Regs { rip: 0x1020, rsp: 0x7000, rbp: 0 };
-        assert_eq!(step(&at_start, &row, mem(0x7000, &[0x40_0002])).unwrap().rsp, 0x7008);
-        let after_push = Regs { rip: 0x102b, rsp: 0x7000, rbp: 0 };
-        assert_eq!(step(&after_push, &row, mem(0x7000, &stack)).unwrap().rip, 0x40_0001);
+        let at_start = Regs {
+            rip: 0x1020,
+            rsp: 0x7000,
+            rbp: 0,
+        };
+        assert_eq!(
+            step(&at_start, &row, mem(0x7000, &[0x40_0002]))
+                .unwrap()
+                .rsp,
+            0x7008
+        );
+        let after_push = Regs {
+            rip: 0x102b,
+            rsp: 0x7000,
+            rbp: 0,
+        };
+        assert_eq!(
+            step(&after_push, &row, mem(0x7000, &stack)).unwrap().rip,
+            0x40_0001
+        );
     }
 
     #[test]
@@ -154,15 +204,29 @@ mod tests {
         // A 256 KiB frame: CFA = rsp + 0x40008, stored in 8-byte words.
         let row = UnwindRow::with_cfa_offset(0, CFA_RSP, 0x4_0008, RBP_UNCHANGED, 0).unwrap();
         assert_eq!(
-            (row.cfa_offset, row.cfa_offset_bytes(), row.cfa_kind(), row.rbp_kind()),
+            (
+                row.cfa_offset,
+                row.cfa_offset_bytes(),
+                row.cfa_kind(),
+                row.rbp_kind()
+            ),
             (0x8001, 0x4_0008, CFA_RSP, 0)
         );
-        let regs = Regs { rip: 0x1000, rsp: 0x10_0000, rbp: 0 };
+        let regs = Regs {
+            rip: 0x1000,
+            rsp: 0x10_0000,
+            rbp: 0,
+        };
         let up = step(&regs, &row, |a| (a == 0x14_0000).then_some(0x40_1000)).unwrap();
         assert_eq!(up.rsp, 0x14_0008);
         assert_eq!(UnwindRow::with_cfa_offset(0, CFA_RSP, 0x4_0004, 0, 0), None);
         assert_eq!(UnwindRow::with_cfa_offset(0, CFA_RSP, 8 << 16, 0, 0), None);
-        assert_eq!(UnwindRow::with_cfa_offset(0, CFA_RSP, 65535, 0, 0).unwrap().cfa_offset_bytes(), 65535);
+        assert_eq!(
+            UnwindRow::with_cfa_offset(0, CFA_RSP, 65535, 0, 0)
+                .unwrap()
+                .cfa_offset_bytes(),
+            65535
+        );
     }
 
     #[test]
@@ -171,20 +235,38 @@ mod tests {
         uc[10 + 5] = 0x7100; // rbp
         uc[15 + 5] = 0x7200; // rsp
         uc[16 + 5] = 0x40_4242; // rip
-        let regs = Regs { rip: 0x1000, rsp: 0x7000, rbp: 1 };
+        let regs = Regs {
+            rip: 0x1000,
+            rsp: 0x7000,
+            rbp: 1,
+        };
         let row = UnwindRow::new(0, CFA_SIGNAL_FRAME, 0, RBP_UNCHANGED, 0);
         assert_eq!(
             step(&regs, &row, mem(0x7000, &uc)),
-            Ok(Regs { rip: 0x40_4242, rsp: 0x7200, rbp: 0x7100 })
+            Ok(Regs {
+                rip: 0x40_4242,
+                rsp: 0x7200,
+                rbp: 0x7100
+            })
         );
-        assert_eq!(step(&regs, &row, mem(0x7000, &uc[..21])), Err(StopReason::ReadFailure));
-        let high = Regs { rsp: u64::MAX - 100, ..regs };
+        assert_eq!(
+            step(&regs, &row, mem(0x7000, &uc[..21])),
+            Err(StopReason::ReadFailure)
+        );
+        let high = Regs {
+            rsp: u64::MAX - 100,
+            ..regs
+        };
         assert_eq!(step(&high, &row, |_| Some(1)), Err(StopReason::BadFrame));
     }
 
     #[test]
     fn stops() {
-        let regs = Regs { rip: 0x1000, rsp: 0x7000, rbp: 0 };
+        let regs = Regs {
+            rip: 0x1000,
+            rsp: 0x7000,
+            rbp: 0,
+        };
         let read = |_| Some(1);
         let kinds = [
             (CFA_END_OF_STACK, StopReason::EndOfStack),
@@ -193,48 +275,137 @@ mod tests {
             (15, StopReason::UnsupportedRow),
         ];
         for (kind, want) in kinds {
-            assert_eq!(step(&regs, &UnwindRow::new(0, kind, 8, 0, 0), read), Err(want));
+            assert_eq!(
+                step(&regs, &UnwindRow::new(0, kind, 8, 0, 0), read),
+                Err(want)
+            );
         }
         // CFA not above rsp: rbp-based with rbp = 0.
-        assert_eq!(step(&regs, &UnwindRow::new(0, CFA_RBP, 16, 0, 0), read), Err(StopReason::BadFrame));
-        assert_eq!(step(&regs, &UnwindRow::new(0, CFA_RSP, 0, 0, 0), read), Err(StopReason::BadFrame));
+        assert_eq!(
+            step(&regs, &UnwindRow::new(0, CFA_RBP, 16, 0, 0), read),
+            Err(StopReason::BadFrame)
+        );
+        assert_eq!(
+            step(&regs, &UnwindRow::new(0, CFA_RSP, 0, 0, 0), read),
+            Err(StopReason::BadFrame)
+        );
         // Overflow.
-        let high = Regs { rsp: u64::MAX - 4, ..regs };
-        assert_eq!(step(&high, &UnwindRow::new(0, CFA_RSP, 8, 0, 0), read), Err(StopReason::BadFrame));
-        assert_eq!(step(&regs, &UnwindRow::new(0, CFA_RSP, 8, 0, 0), |_| None), Err(StopReason::ReadFailure));
+        let high = Regs {
+            rsp: u64::MAX - 4,
+            ..regs
+        };
+        assert_eq!(
+            step(&high, &UnwindRow::new(0, CFA_RSP, 8, 0, 0), read),
+            Err(StopReason::BadFrame)
+        );
+        assert_eq!(
+            step(&regs, &UnwindRow::new(0, CFA_RSP, 8, 0, 0), |_| None),
+            Err(StopReason::ReadFailure)
+        );
         assert_eq!(
             step(&regs, &UnwindRow::new(0, CFA_RSP, 8, 0, 0), |_| Some(0)),
             Err(StopReason::EndOfStack)
         );
-        assert_eq!(step(&regs, &UnwindRow::new(0, CFA_RSP, 8, 7, 0), read), Err(StopReason::UnsupportedRow));
+        assert_eq!(
+            step(&regs, &UnwindRow::new(0, CFA_RSP, 8, 7, 0), read),
+            Err(StopReason::UnsupportedRow)
+        );
     }
 
     #[test]
     fn stack_switch_follows_rbp_to_a_lower_stack() {
         // On the system stack at 0x9000; the goroutine's frame record is at 0x7000, below.
-        let regs = Regs { rip: 0x1000, rsp: 0x9000, rbp: 0x7000 };
+        let regs = Regs {
+            rip: 0x1000,
+            rsp: 0x9000,
+            rbp: 0x7000,
+        };
         let row = UnwindRow::new(0, CFA_STACK_SWITCH, 0, RBP_UNCHANGED, 0);
         let stack = [0x7100, 0x40_0042];
-        assert_eq!(step(&regs, &row, mem(0x7000, &stack)), Ok(Regs { rip: 0x40_0042, rsp: 0x7010, rbp: 0x7100 }));
+        assert_eq!(
+            step(&regs, &row, mem(0x7000, &stack)),
+            Ok(Regs {
+                rip: 0x40_0042,
+                rsp: 0x7010,
+                rbp: 0x7100
+            })
+        );
         // Plain frame pointers refuse the same frame.
-        assert_eq!(fp_step(&regs, mem(0x7000, &stack)), Err(StopReason::BadFrame));
-        assert_eq!(step(&Regs { rbp: 0x7004, ..regs }, &row, |_| Some(1)), Err(StopReason::BadFrame));
-        assert_eq!(step(&Regs { rbp: 0, ..regs }, &row, |_| Some(1)), Err(StopReason::EndOfStack));
+        assert_eq!(
+            fp_step(&regs, mem(0x7000, &stack)),
+            Err(StopReason::BadFrame)
+        );
+        assert_eq!(
+            step(
+                &Regs {
+                    rbp: 0x7004,
+                    ..regs
+                },
+                &row,
+                |_| Some(1)
+            ),
+            Err(StopReason::BadFrame)
+        );
+        assert_eq!(
+            step(&Regs { rbp: 0, ..regs }, &row, |_| Some(1)),
+            Err(StopReason::EndOfStack)
+        );
     }
 
     #[test]
     fn frame_pointers() {
         let stack = [0x7100, 0x40_0042];
-        let regs = Regs { rip: 0x1000, rsp: 0x6ff0, rbp: 0x7000 };
+        let regs = Regs {
+            rip: 0x1000,
+            rsp: 0x6ff0,
+            rbp: 0x7000,
+        };
         assert_eq!(
             fp_step(&regs, mem(0x7000, &stack)),
-            Ok(Regs { rip: 0x40_0042, rsp: 0x7010, rbp: 0x7100 })
+            Ok(Regs {
+                rip: 0x40_0042,
+                rsp: 0x7010,
+                rbp: 0x7100
+            })
         );
-        assert_eq!(fp_step(&Regs { rbp: 0, ..regs }, |_| Some(1)), Err(StopReason::EndOfStack));
-        assert_eq!(fp_step(&Regs { rbp: 0x6000, ..regs }, |_| Some(1)), Err(StopReason::BadFrame));
-        assert_eq!(fp_step(&Regs { rbp: 0x7004, ..regs }, |_| Some(1)), Err(StopReason::BadFrame));
-        assert_eq!(fp_step(&Regs { rbp: !7, ..regs }, |_| Some(1)), Err(StopReason::BadFrame));
-        assert_eq!(fp_step(&Regs { rbp: u64::MAX - 15, ..regs }, |_| Some(1)), Err(StopReason::BadFrame));
+        assert_eq!(
+            fp_step(&Regs { rbp: 0, ..regs }, |_| Some(1)),
+            Err(StopReason::EndOfStack)
+        );
+        assert_eq!(
+            fp_step(
+                &Regs {
+                    rbp: 0x6000,
+                    ..regs
+                },
+                |_| Some(1)
+            ),
+            Err(StopReason::BadFrame)
+        );
+        assert_eq!(
+            fp_step(
+                &Regs {
+                    rbp: 0x7004,
+                    ..regs
+                },
+                |_| Some(1)
+            ),
+            Err(StopReason::BadFrame)
+        );
+        assert_eq!(
+            fp_step(&Regs { rbp: !7, ..regs }, |_| Some(1)),
+            Err(StopReason::BadFrame)
+        );
+        assert_eq!(
+            fp_step(
+                &Regs {
+                    rbp: u64::MAX - 15,
+                    ..regs
+                },
+                |_| Some(1)
+            ),
+            Err(StopReason::BadFrame)
+        );
         assert_eq!(fp_step(&regs, |_| None), Err(StopReason::ReadFailure));
     }
 }

@@ -66,7 +66,11 @@ impl<K: Hash + Eq + Clone> TableStore<K> {
         let &id = self.by_key.get(key)?;
         let entry = self.tables.get_mut(id as usize)?.as_mut()?;
         entry.users += 1;
-        Some(Placement { table_id: id, info: entry.info, shared: true })
+        Some(Placement {
+            table_id: id,
+            info: entry.info,
+            shared: true,
+        })
     }
 
     /// Reserves room for `table` under `key`, or shares the copy already there.
@@ -74,7 +78,11 @@ impl<K: Hash + Eq + Clone> TableStore<K> {
         if let Some(&id) = self.by_key.get(key) {
             if let Some(Some(entry)) = self.tables.get_mut(id as usize) {
                 entry.users += 1;
-                return Ok(Placement { table_id: id, info: entry.info, shared: true });
+                return Ok(Placement {
+                    table_id: id,
+                    info: entry.info,
+                    shared: true,
+                });
             }
         }
         let rows = u32::try_from(table.rows.len())
@@ -91,21 +99,33 @@ impl<K: Hash + Eq + Clone> TableStore<K> {
         if self.tables.len() <= slot {
             self.tables.resize_with(slot + 1, || None);
         }
-        self.tables[slot] = Some(Entry { key: key.clone(), info, users: 1 });
+        self.tables[slot] = Some(Entry {
+            key: key.clone(),
+            info,
+            users: 1,
+        });
         self.by_key.insert(key.clone(), id);
-        Ok(Placement { table_id: id, info, shared: false })
+        Ok(Placement {
+            table_id: id,
+            info,
+            shared: false,
+        })
     }
 
     /// Drops one user of `table_id`; returns true when the last one left and its rows and id
     /// were freed (the caller may then clear the info entry).
     pub fn release(&mut self, table_id: u32) -> bool {
-        let Some(slot) = self.tables.get_mut(table_id as usize) else { return false };
+        let Some(slot) = self.tables.get_mut(table_id as usize) else {
+            return false;
+        };
         let Some(entry) = slot else { return false };
         entry.users -= 1;
         if entry.users > 0 {
             return false;
         }
-        let Some(entry) = slot.take() else { return false };
+        let Some(entry) = slot.take() else {
+            return false;
+        };
         self.by_key.remove(&entry.key);
         self.free_ids.push(table_id);
         self.deallocate(entry.info.first_row, entry.info.row_count);
@@ -119,7 +139,10 @@ impl<K: Hash + Eq + Clone> TableStore<K> {
     /// First fit.
     fn allocate(&mut self, rows: u32) -> Result<u32, StoreError> {
         let Some((&start, &len)) = self.free.iter().find(|(_, &len)| len >= rows) else {
-            return Err(StoreError::OutOfRows { rows, free: self.free_rows() });
+            return Err(StoreError::OutOfRows {
+                rows,
+                free: self.free_rows(),
+            });
         };
         self.free.remove(&start);
         if len > rows {
@@ -153,22 +176,35 @@ mod tests {
     use profiler_common::unwind::UnwindRow;
 
     fn table(rows: usize) -> CompiledTable {
-        CompiledTable { pc_base: 0x1000, rows: vec![UnwindRow::default(); rows], ..Default::default() }
+        CompiledTable {
+            pc_base: 0x1000,
+            rows: vec![UnwindRow::default(); rows],
+            ..Default::default()
+        }
     }
 
     #[test]
     fn shares_allocates_and_frees() {
         let mut store = TableStore::new(100, 4);
         let a = store.insert(&"libc", &table(40)).unwrap();
-        assert_eq!((a.info.first_row, a.info.row_count, a.shared), (0, 40, false));
+        assert_eq!(
+            (a.info.first_row, a.info.row_count, a.shared),
+            (0, 40, false)
+        );
         let a2 = store.insert(&"libc", &table(40)).unwrap();
         assert_eq!((a2.table_id, a2.shared), (a.table_id, true));
         assert_eq!(store.share(&"exe"), None);
-        assert_eq!(store.share(&"libc").map(|p| (p.table_id, p.shared)), Some((a.table_id, true)));
+        assert_eq!(
+            store.share(&"libc").map(|p| (p.table_id, p.shared)),
+            Some((a.table_id, true))
+        );
         assert!(!store.release(a.table_id));
         let b = store.insert(&"exe", &table(50)).unwrap();
         assert_eq!(b.info.first_row, 40);
-        assert_eq!(store.insert(&"big", &table(20)), Err(StoreError::OutOfRows { rows: 20, free: 10 }));
+        assert_eq!(
+            store.insert(&"big", &table(20)),
+            Err(StoreError::OutOfRows { rows: 20, free: 10 })
+        );
         assert!(!store.release(a.table_id));
         assert!(store.release(a.table_id));
         assert_eq!(store.free_rows(), 50);
@@ -178,7 +214,10 @@ mod tests {
         // Everything coalesced back into one extent.
         let c = store.insert(&"big", &table(100)).unwrap();
         assert_eq!(c.info.first_row, 0);
-        assert_eq!(store.insert(&"x", &table(101)), Err(StoreError::TooLarge(101)));
+        assert_eq!(
+            store.insert(&"x", &table(101)),
+            Err(StoreError::TooLarge(101))
+        );
         assert!(!store.release(99));
     }
 
@@ -187,7 +226,10 @@ mod tests {
         let mut store = TableStore::new(1000, 2);
         let a = store.insert(&1, &table(1)).unwrap();
         store.insert(&2, &table(1)).unwrap();
-        assert_eq!(store.insert(&3, &table(1)), Err(StoreError::OutOfTableIds(2)));
+        assert_eq!(
+            store.insert(&3, &table(1)),
+            Err(StoreError::OutOfTableIds(2))
+        );
         store.release(a.table_id);
         assert_eq!(store.insert(&3, &table(1)).unwrap().table_id, a.table_id);
     }

@@ -5,7 +5,9 @@
 //! so the per-frame logic is [`next_frame`], which a `bpf_loop` callback can call directly.
 
 use crate::step::{fp_step, step};
-use profiler_common::unwind::{StopReason, UnwindRegs as Regs, UnwindRow, CFA_NOT_COVERED, CFA_SIGNAL_FRAME};
+use profiler_common::unwind::{
+    StopReason, UnwindRegs as Regs, UnwindRow, CFA_NOT_COVERED, CFA_SIGNAL_FRAME,
+};
 
 /// One step up the stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,18 +35,30 @@ pub fn next_frame(
     mut lookup: impl FnMut(u64) -> Result<Option<UnwindRow>, StopReason>,
     read_u64: impl FnMut(u64) -> Option<u64>,
 ) -> Result<Caller, StopReason> {
-    let pc = if exact_pc { regs.rip } else { regs.rip.wrapping_sub(1) };
+    let pc = if exact_pc {
+        regs.rip
+    } else {
+        regs.rip.wrapping_sub(1)
+    };
     let why_guessing = match lookup(pc)? {
         Some(row) if row.cfa_kind() != CFA_NOT_COVERED => {
             let regs = step(regs, &row, read_u64)?;
             let exact_pc = row.cfa_kind() == CFA_SIGNAL_FRAME;
-            return Ok(Caller { regs, by_frame_pointer: false, exact_pc });
+            return Ok(Caller {
+                regs,
+                by_frame_pointer: false,
+                exact_pc,
+            });
         }
         Some(_) => StopReason::PcNotCovered,
         None => StopReason::NoTable,
     };
     match fp_step(regs, read_u64) {
-        Ok(regs) => Ok(Caller { regs, by_frame_pointer: true, exact_pc: false }),
+        Ok(regs) => Ok(Caller {
+            regs,
+            by_frame_pointer: true,
+            exact_pc: false,
+        }),
         Err(StopReason::BadFrame) => Err(why_guessing),
         Err(e) => Err(e),
     }
@@ -73,7 +87,11 @@ pub fn unwind(
     let limit = frames.len().min(max_depth as usize);
     let mut fp_frames = 0;
     let Some(first) = frames.first_mut().filter(|_| limit > 0) else {
-        return Unwound { depth: 0, stop: StopReason::DepthLimit, fp_frames };
+        return Unwound {
+            depth: 0,
+            stop: StopReason::DepthLimit,
+            fp_frames,
+        };
     };
     *first = regs.rip;
     let mut regs = regs;
@@ -88,16 +106,28 @@ pub fn unwind(
                 regs = caller.regs;
                 exact_pc = caller.exact_pc;
             }
-            Err(stop) => return Unwound { depth: depth as u32, stop, fp_frames },
+            Err(stop) => {
+                return Unwound {
+                    depth: depth as u32,
+                    stop,
+                    fp_frames,
+                }
+            }
         }
     }
-    Unwound { depth: limit as u32, stop: StopReason::DepthLimit, fp_frames }
+    Unwound {
+        depth: limit as u32,
+        stop: StopReason::DepthLimit,
+        fp_frames,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use profiler_common::unwind::{CFA_END_OF_STACK, CFA_RSP, CFA_STACK_SWITCH, RBP_AT_CFA, RBP_UNCHANGED};
+    use profiler_common::unwind::{
+        CFA_END_OF_STACK, CFA_RSP, CFA_STACK_SWITCH, RBP_AT_CFA, RBP_UNCHANGED,
+    };
 
     const TABLE_START: u64 = 0x40_0000;
     const TABLE_END: u64 = 0x40_1000;
@@ -116,7 +146,9 @@ mod tests {
             UnwindRow::new(0x900, CFA_NOT_COVERED, 0, RBP_UNCHANGED, 0),
         ];
         let rel = (pc - TABLE_START) as u32;
-        Ok(Some(crate::find_row(&rows, rel).copied().unwrap_or_default()))
+        Ok(Some(
+            crate::find_row(&rows, rel).copied().unwrap_or_default(),
+        ))
     }
 
     fn memory(words: &[(u64, u64)]) -> impl FnMut(u64) -> Option<u64> + '_ {
@@ -140,20 +172,48 @@ mod tests {
             (0x7200, 0x7300),
             (0x7208, TABLE_START + 0x801),
         ];
-        let regs = Regs { rip: 0x90_0000, rsp: 0x6ff0, rbp: 0x7000 };
+        let regs = Regs {
+            rip: 0x90_0000,
+            rsp: 0x6ff0,
+            rbp: 0x7000,
+        };
         let mut frames = [0u64; 16];
         let got = unwind(regs, lookup, memory(&mem), 16, &mut frames);
         // Frames 0 and 2 are Go code, unwound by frame pointers.
-        assert_eq!(got, Unwound { depth: 4, stop: StopReason::EndOfStack, fp_frames: 2 });
-        assert_eq!(frames[..4], [0x90_0000, TABLE_START + 0x151, 0x90_0100, TABLE_START + 0x801]);
+        assert_eq!(
+            got,
+            Unwound {
+                depth: 4,
+                stop: StopReason::EndOfStack,
+                fp_frames: 2
+            }
+        );
+        assert_eq!(
+            frames[..4],
+            [
+                0x90_0000,
+                TABLE_START + 0x151,
+                0x90_0100,
+                TABLE_START + 0x801
+            ]
+        );
     }
 
     #[test]
     fn return_address_is_looked_up_minus_one() {
         // The return address equals the start of the end-of-stack row; the call belongs to
         // the row before, so the walk continues past it.
-        let mem = [(0x7000, 0), (0x7008, TABLE_START + 0x800), (0x7010, 0), (0x7018, 0x90_0000)];
-        let regs = Regs { rip: 0x90_0000, rsp: 0x6ff0, rbp: 0x7000 };
+        let mem = [
+            (0x7000, 0),
+            (0x7008, TABLE_START + 0x800),
+            (0x7010, 0),
+            (0x7018, 0x90_0000),
+        ];
+        let regs = Regs {
+            rip: 0x90_0000,
+            rsp: 0x6ff0,
+            rbp: 0x7000,
+        };
         let mut frames = [0u64; 8];
         let got = unwind(regs, lookup, memory(&mem), 8, &mut frames);
         assert_eq!(got.depth, 3);
@@ -165,29 +225,73 @@ mod tests {
     fn fallback_reasons() {
         let mut frames = [0u64; 8];
         // No table and rbp below rsp.
-        let regs = Regs { rip: 0x90_0000, rsp: 0x7000, rbp: 0x10 };
-        assert_eq!(unwind(regs, lookup, |_| Some(1), 8, &mut frames).stop, StopReason::NoTable);
+        let regs = Regs {
+            rip: 0x90_0000,
+            rsp: 0x7000,
+            rbp: 0x10,
+        };
+        assert_eq!(
+            unwind(regs, lookup, |_| Some(1), 8, &mut frames).stop,
+            StopReason::NoTable
+        );
         // In the gap and rbp misaligned.
-        let regs = Regs { rip: TABLE_START + 0x950, rsp: 0x7000, rbp: 0x7003 };
-        assert_eq!(unwind(regs, lookup, |_| Some(1), 8, &mut frames).stop, StopReason::PcNotCovered);
+        let regs = Regs {
+            rip: TABLE_START + 0x950,
+            rsp: 0x7000,
+            rbp: 0x7003,
+        };
+        assert_eq!(
+            unwind(regs, lookup, |_| Some(1), 8, &mut frames).stop,
+            StopReason::PcNotCovered
+        );
         // Before the first row of the table: the lookup gives a default (not covered) row.
-        let regs = Regs { rip: TABLE_START + 0x10, rsp: 0x7000, rbp: 0x10 };
-        assert_eq!(unwind(regs, lookup, |_| Some(1), 8, &mut frames).stop, StopReason::PcNotCovered);
+        let regs = Regs {
+            rip: TABLE_START + 0x10,
+            rsp: 0x7000,
+            rbp: 0x10,
+        };
+        assert_eq!(
+            unwind(regs, lookup, |_| Some(1), 8, &mut frames).stop,
+            StopReason::PcNotCovered
+        );
     }
 
     #[test]
     fn depth_limits() {
         // A self-referencing frame-pointer loop cannot spin: rsp must grow every frame.
-        let regs = Regs { rip: 0x90_0000, rsp: 0x6ff0, rbp: 0x7000 };
-        let looping = |addr: u64| Some(if addr.is_multiple_of(16) { addr } else { 0x90_0000 });
+        let regs = Regs {
+            rip: 0x90_0000,
+            rsp: 0x6ff0,
+            rbp: 0x7000,
+        };
+        let looping = |addr: u64| {
+            Some(if addr.is_multiple_of(16) {
+                addr
+            } else {
+                0x90_0000
+            })
+        };
         let mut frames = [0u64; 8];
         let got = unwind(regs, lookup, looping, 8, &mut frames);
         assert_eq!(got.stop, StopReason::NoTable);
         assert_eq!(got.depth, 2);
         // An endless but growing chain hits the depth limit.
-        let growing = |addr: u64| Some(if addr.is_multiple_of(16) { addr + 16 } else { 0x90_0000 });
+        let growing = |addr: u64| {
+            Some(if addr.is_multiple_of(16) {
+                addr + 16
+            } else {
+                0x90_0000
+            })
+        };
         let got = unwind(regs, lookup, growing, 5, &mut frames);
-        assert_eq!(got, Unwound { depth: 5, stop: StopReason::DepthLimit, fp_frames: 4 });
+        assert_eq!(
+            got,
+            Unwound {
+                depth: 5,
+                stop: StopReason::DepthLimit,
+                fp_frames: 4
+            }
+        );
         assert_eq!(unwind(regs, lookup, growing, 100, &mut frames).depth, 8);
         assert_eq!(unwind(regs, lookup, growing, 0, &mut frames).depth, 0);
         assert_eq!(unwind(regs, lookup, growing, 8, &mut []).depth, 0);
@@ -226,15 +330,24 @@ mod tests {
                 let x = (addr ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
                 (!x.is_multiple_of(7)).then_some(x >> (x & 31))
             };
-            let start = Regs { rip: rand(), rsp: rand() >> 1, rbp: rand() >> 1 };
+            let start = Regs {
+                rip: rand(),
+                rsp: rand() >> 1,
+                rbp: rand() >> 1,
+            };
             let mut frames = [0u64; 64];
             let got = unwind(start, lookup, read, 64, &mut frames);
             assert!(got.depth <= 64 && got.fp_frames < got.depth.max(1));
             let mut regs = start;
             let mut exact = true;
             for _ in 0..64 {
-                let pc = if exact { regs.rip } else { regs.rip.wrapping_sub(1) };
-                let switched = matches!(lookup(pc), Ok(Some(row)) if row.cfa_kind() == CFA_STACK_SWITCH);
+                let pc = if exact {
+                    regs.rip
+                } else {
+                    regs.rip.wrapping_sub(1)
+                };
+                let switched =
+                    matches!(lookup(pc), Ok(Some(row)) if row.cfa_kind() == CFA_STACK_SWITCH);
                 match next_frame(&regs, exact, lookup, read) {
                     Ok(caller) => {
                         // Only signal frames and known stack switches may move down.
@@ -250,9 +363,26 @@ mod tests {
 
     #[test]
     fn lookup_errors_stop() {
-        let regs = Regs { rip: 0x90_0000, rsp: 0x6ff0, rbp: 0x7000 };
+        let regs = Regs {
+            rip: 0x90_0000,
+            rsp: 0x6ff0,
+            rbp: 0x7000,
+        };
         let mut frames = [0u64; 8];
-        let got = unwind(regs, |_| Err(StopReason::BadFrame), |_| Some(1), 8, &mut frames);
-        assert_eq!(got, Unwound { depth: 1, stop: StopReason::BadFrame, fp_frames: 0 });
+        let got = unwind(
+            regs,
+            |_| Err(StopReason::BadFrame),
+            |_| Some(1),
+            8,
+            &mut frames,
+        );
+        assert_eq!(
+            got,
+            Unwound {
+                depth: 1,
+                stop: StopReason::BadFrame,
+                fp_frames: 0
+            }
+        );
     }
 }

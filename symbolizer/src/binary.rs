@@ -16,7 +16,12 @@ pub enum BinaryId {
     /// GNU build ID (`NT_GNU_BUILD_ID`).
     BuildId(Vec<u8>),
     /// File identity when there is no build ID.
-    File { dev: u64, ino: u64, size: u64, mtime_ns: i128 },
+    File {
+        dev: u64,
+        ino: u64,
+        size: u64,
+        mtime_ns: i128,
+    },
     /// In-memory bytes with no file behind them: a hash of the contents.
     Bytes { len: u64, hash: u64 },
 }
@@ -72,7 +77,10 @@ impl Binary {
     /// `/proc/PID/maps`) as the binary's path, so `.gnu_debuglink` is searched next to it.
     pub fn open_as(open: &Path, original: &Path) -> Result<Arc<Binary>, Error> {
         let path = open;
-        let io = |source| Error::Io { path: path.to_path_buf(), source };
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::open(path).map_err(io)?;
         let meta = file.metadata().map_err(io)?;
         // SAFETY: the mapping is private and read-only. If another process truncates the file
@@ -95,7 +103,10 @@ impl Binary {
 
     /// Parses an in-memory ELF image (tests, fuzzing, files fetched from elsewhere).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Arc<Binary>, Error> {
-        let id = BinaryId::Bytes { len: bytes.len() as u64, hash: fnv1a(&bytes) };
+        let id = BinaryId::Bytes {
+            len: bytes.len() as u64,
+            hash: fnv1a(&bytes),
+        };
         Self::parse(None, Bytes::Owned(bytes), id).map(Arc::new)
     }
 
@@ -105,7 +116,12 @@ impl Binary {
             return Err(Error::NotElf);
         }
         // A corrupt note section is not fatal: the binary simply has no build ID.
-        let gnu_build_id = obj.build_id().ok().flatten().filter(|b| !b.is_empty()).map(<[u8]>::to_vec);
+        let gnu_build_id = obj
+            .build_id()
+            .ok()
+            .flatten()
+            .filter(|b| !b.is_empty())
+            .map(<[u8]>::to_vec);
         let go_build_id = go_build_id(&obj);
         let segments = obj
             .segments()
@@ -115,7 +131,13 @@ impl Binary {
                     SegmentFlags::Elf { p_flags } => p_flags & object::elf::PF_X != 0,
                     _ => false,
                 };
-                LoadSegment { p_offset, p_vaddr: seg.address(), p_filesz, p_memsz: seg.size(), executable }
+                LoadSegment {
+                    p_offset,
+                    p_vaddr: seg.address(),
+                    p_filesz,
+                    p_memsz: seg.size(),
+                    executable,
+                }
             })
             .collect();
         let dynamic = obj.kind() == object::ObjectKind::Dynamic;
@@ -124,7 +146,15 @@ impl Binary {
             None => file_id,
         };
         drop(obj);
-        Ok(Binary { path, data: Arc::new(data), id, gnu_build_id, go_build_id, segments, dynamic })
+        Ok(Binary {
+            path,
+            data: Arc::new(data),
+            id,
+            gnu_build_id,
+            go_build_id,
+            segments,
+            dynamic,
+        })
     }
 
     pub fn id(&self) -> &BinaryId {
@@ -178,7 +208,9 @@ fn go_build_id(obj: &object::File<'_>) -> Option<String> {
 /// Parses the first note of a note section if it has type `want_type`: (name, desc).
 fn parse_note(data: &[u8], want_type: u32) -> Option<(&[u8], &[u8])> {
     let u32_at = |off: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(data.get(off..off.checked_add(4)?)?.try_into().ok()?))
+        Some(u32::from_le_bytes(
+            data.get(off..off.checked_add(4)?)?.try_into().ok()?,
+        ))
     };
     let namesz = u32_at(0)? as usize;
     let descsz = u32_at(4)? as usize;
@@ -195,7 +227,9 @@ fn parse_note(data: &[u8], want_type: u32) -> Option<(&[u8], &[u8])> {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

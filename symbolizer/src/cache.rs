@@ -11,7 +11,11 @@ pub(crate) struct Lru<K, V> {
 
 impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     pub fn new(cap: usize) -> Self {
-        Lru { cap: cap.max(1), tick: 0, map: HashMap::new() }
+        Lru {
+            cap: cap.max(1),
+            tick: 0,
+            map: HashMap::new(),
+        }
     }
 
     pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
@@ -25,7 +29,12 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
 
     pub fn insert(&mut self, k: K, v: V) -> &mut V {
         if !self.map.contains_key(&k) && self.map.len() >= self.cap {
-            if let Some(oldest) = self.map.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| k.clone()) {
+            if let Some(oldest) = self
+                .map
+                .iter()
+                .min_by_key(|(_, (t, _))| *t)
+                .map(|(k, _)| k.clone())
+            {
                 self.map.remove(&oldest);
             }
         }
@@ -56,7 +65,9 @@ impl std::hash::Hasher for AddrHasher {
         }
     }
     fn write_u64(&mut self, v: u64) {
-        self.0 = (v ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+        self.0 = (v ^ self.0)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
     }
 }
 

@@ -45,7 +45,9 @@ fn itanium(mangled: &str) -> Option<String> {
 /// and gains exactly one leading parameter.
 fn fix_template_constructor(mangled: &str, out: &str) -> Option<String> {
     let b = mangled.as_bytes();
-    let is_ctor_template = b.windows(3).any(|w| matches!(w[0], b'C' | b'D') && w[1].is_ascii_digit() && w[2] == b'I');
+    let is_ctor_template = b
+        .windows(3)
+        .any(|w| matches!(w[0], b'C' | b'D') && w[1].is_ascii_digit() && w[2] == b'I');
     if !is_ctor_template {
         return None;
     }
@@ -53,10 +55,18 @@ fn fix_template_constructor(mangled: &str, out: &str) -> Option<String> {
     let params = params.strip_suffix(')')?;
     for p in (3..b.len()).filter(|&p| b[p - 1] == b'E').take(64) {
         let candidate = format!("{}v{}", &mangled[..p], &mangled[p..]);
-        let Some(fixed) = itanium(&candidate) else { continue };
-        let Some((fname, fparams)) = fixed.rsplit_once('(') else { continue };
+        let Some(fixed) = itanium(&candidate) else {
+            continue;
+        };
+        let Some((fname, fparams)) = fixed.rsplit_once('(') else {
+            continue;
+        };
         let fparams = fparams.strip_suffix(')').unwrap_or(fparams);
-        let gained_one = if params.is_empty() { !fparams.is_empty() && !fparams.contains(", ") } else { fparams.ends_with(&format!(", {params}")) };
+        let gained_one = if params.is_empty() {
+            !fparams.is_empty() && !fparams.contains(", ")
+        } else {
+            fparams.ends_with(&format!(", {params}"))
+        };
         if fname == name && gained_one {
             return Some(fixed);
         }
@@ -70,7 +80,10 @@ mod tests {
 
     #[test]
     fn rust_legacy_hides_hash() {
-        assert_eq!(demangle("_ZN4core3fmt5write17h0123456789abcdefE"), "core::fmt::write");
+        assert_eq!(
+            demangle("_ZN4core3fmt5write17h0123456789abcdefE"),
+            "core::fmt::write"
+        );
         assert_eq!(
             demangle("_ZN66_$LT$alloc..vec..Vec$LT$T$GT$$u20$as$u20$core..ops..drop..Drop$GT$4drop17h1a2b3c4d5e6f7a8bE"),
             "<alloc::vec::Vec<T> as core::ops::drop::Drop>::drop"
@@ -79,15 +92,24 @@ mod tests {
 
     #[test]
     fn rust_v0() {
-        assert_eq!(demangle("_RNvCs15kBYyAo9fc_7mycrate7example"), "mycrate::example");
-        assert_eq!(demangle("_RNvNtCs15kBYyAo9fc_7mycrate3foo3bar"), "mycrate::foo::bar");
+        assert_eq!(
+            demangle("_RNvCs15kBYyAo9fc_7mycrate7example"),
+            "mycrate::example"
+        );
+        assert_eq!(
+            demangle("_RNvNtCs15kBYyAo9fc_7mycrate3foo3bar"),
+            "mycrate::foo::bar"
+        );
     }
 
     #[test]
     fn cpp() {
         assert_eq!(demangle("_ZN3foo3barEv"), "foo::bar()");
         assert_eq!(demangle("_Z3addii"), "add(int, int)");
-        assert_eq!(demangle("_ZNSt6vectorIiSaIiEE9push_backERKi"), "std::vector<int, std::allocator<int> >::push_back(int const&)");
+        assert_eq!(
+            demangle("_ZNSt6vectorIiSaIiEE9push_backERKi"),
+            "std::vector<int, std::allocator<int> >::push_back(int const&)"
+        );
         // A templated constructor: the first parameter must not be taken for a return type.
         assert_eq!(
             demangle("_ZNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEC1IS3_EEPKcRKS3_"),

@@ -6,7 +6,11 @@ use crate::{Binary, Kallsyms, Symbolizer, SymbolizerConfig};
 
 /// Addresses to probe: a spread over the executable segments plus values taken from the input.
 fn probes(bin: &Binary, data: &[u8]) -> Vec<u64> {
-    let mut v: Vec<u64> = data.chunks_exact(8).take(16).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
+    let mut v: Vec<u64> = data
+        .chunks_exact(8)
+        .take(16)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+        .collect();
     for s in bin.load_segments().iter().filter(|s| s.executable).take(4) {
         let step = (s.p_filesz / 64).max(1);
         v.extend((0..64u64).map(|i| s.p_vaddr.wrapping_add(i.wrapping_mul(step))));
@@ -16,9 +20,14 @@ fn probes(bin: &Binary, data: &[u8]) -> Vec<u64> {
 
 /// A whole ELF file: headers, symbol tables, DWARF, pclntab.
 pub fn elf(data: &[u8]) {
-    let Ok(bin) = Binary::from_bytes(data.to_vec()) else { return };
+    let Ok(bin) = Binary::from_bytes(data.to_vec()) else {
+        return;
+    };
     let _ = bin.file_offset_to_vaddr(u64::from(data.first().copied().unwrap_or(0)) << 12);
-    let config = SymbolizerConfig { debug_dirs: Vec::new(), ..Default::default() };
+    let config = SymbolizerConfig {
+        debug_dirs: Vec::new(),
+        ..Default::default()
+    };
     let _ = Symbolizer::new(config).symbolize(&bin, &probes(&bin, data));
 }
 
@@ -26,7 +35,9 @@ pub fn elf(data: &[u8]) {
 /// .debug_ranges/.debug_rnglists and .debug_addr by the u16 lengths in its first 12 bytes.
 pub fn dwarf(data: &[u8]) {
     use gimli::{EndianSlice, LittleEndian, SectionId};
-    let Some((head, mut rest)) = data.split_at_checked(12) else { return };
+    let Some((head, mut rest)) = data.split_at_checked(12) else {
+        return;
+    };
     let mut parts = Vec::new();
     for c in head.chunks_exact(2) {
         let n = usize::from(u16::from_le_bytes([c[0], c[1]])).min(rest.len());
@@ -44,16 +55,26 @@ pub fn dwarf(data: &[u8]) {
             SectionId::DebugAddr | SectionId::DebugStrOffsets => 5,
             _ => return Ok(EndianSlice::new(&[], LittleEndian)),
         };
-        Ok(EndianSlice::new(parts.get(i).copied().unwrap_or(&[]), LittleEndian))
+        Ok(EndianSlice::new(
+            parts.get(i).copied().unwrap_or(&[]),
+            LittleEndian,
+        ))
     };
-    let Ok(dwarf) = gimli::Dwarf::load(pick) else { return };
-    let Ok(ctx) = addr2line::Context::from_dwarf(dwarf) else { return };
+    let Ok(dwarf) = gimli::Dwarf::load(pick) else {
+        return;
+    };
+    let Ok(ctx) = addr2line::Context::from_dwarf(dwarf) else {
+        return;
+    };
     for probe in [0u64, 0x1000, 0x401000, 0x1139, u64::MAX - 1] {
         if let Ok(mut frames) = ctx.find_frames(probe).skip_all_loads() {
             for _ in 0..64 {
                 match frames.next() {
                     Ok(Some(f)) => {
-                        let _ = f.function.as_ref().map(|n| n.raw_name().map(|n| crate::demangle::demangle(&n)));
+                        let _ = f
+                            .function
+                            .as_ref()
+                            .map(|n| n.raw_name().map(|n| crate::demangle::demangle(&n)));
                     }
                     _ => break,
                 }
@@ -65,7 +86,9 @@ pub fn dwarf(data: &[u8]) {
 
 /// A bare pclntab (no ELF around it).
 pub fn gopclntab(data: &[u8]) {
-    let Some(t) = GoTable::from_pclntab(data.to_vec()) else { return };
+    let Some(t) = GoTable::from_pclntab(data.to_vec()) else {
+        return;
+    };
     let entries: Vec<u64> = t.functions().take(256).map(|(e, _)| e).collect();
     for &e in &entries {
         for pc in [e, e.wrapping_add(1), e.wrapping_add(17)] {

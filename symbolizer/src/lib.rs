@@ -87,7 +87,10 @@ pub type Lookup = Result<Vec<Frame>, Miss>;
 #[derive(thiserror::Error, Debug)]
 pub enum Error {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot parse object file: {0}")]
     Object(#[from] object::Error),
     #[error("not an ELF file")]

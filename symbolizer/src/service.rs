@@ -19,19 +19,28 @@ pub struct SymbolizerThread {
 impl SymbolizerThread {
     pub fn spawn(config: SymbolizerConfig) -> std::io::Result<SymbolizerThread> {
         let (tx, rx) = mpsc::channel::<Request>();
-        let thread = std::thread::Builder::new().name("symbolizer".into()).spawn(move || {
-            let mut s = Symbolizer::new(config);
-            for (binary, addrs, reply) in rx {
-                // A caller that stopped waiting is not an error.
-                let _ = reply.send(s.symbolize(&binary, &addrs));
-            }
-        })?;
-        Ok(SymbolizerThread { tx: Some(tx), thread: Some(thread) })
+        let thread = std::thread::Builder::new()
+            .name("symbolizer".into())
+            .spawn(move || {
+                let mut s = Symbolizer::new(config);
+                for (binary, addrs, reply) in rx {
+                    // A caller that stopped waiting is not an error.
+                    let _ = reply.send(s.symbolize(&binary, &addrs));
+                }
+            })?;
+        Ok(SymbolizerThread {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     /// Queues a request; the receiver yields the result. From async code, wait on it with
     /// `spawn_blocking` or poll `try_recv`.
-    pub fn request(&self, binary: Arc<Binary>, addrs: Vec<u64>) -> mpsc::Receiver<Result<Vec<Lookup>, Error>> {
+    pub fn request(
+        &self,
+        binary: Arc<Binary>,
+        addrs: Vec<u64>,
+    ) -> mpsc::Receiver<Result<Vec<Lookup>, Error>> {
         let (reply, rx) = mpsc::channel();
         if let Some(tx) = &self.tx {
             // If the thread is gone the reply sender drops here and the receiver sees that.

@@ -51,7 +51,11 @@ impl Context {
         let mut elf = ElfSymbols::from_object(&obj);
         let dwarf = DwarfContext::load(binary, config);
         // A stripped binary with a separate debug file: take the fuller symbol table.
-        if let Some(debug) = dwarf.as_ref().and_then(|d| d.source()).filter(|p| Some(*p) != binary.path()) {
+        if let Some(debug) = dwarf
+            .as_ref()
+            .and_then(|d| d.source())
+            .filter(|p| Some(*p) != binary.path())
+        {
             if let Ok(debug_bin) = Binary::open(debug) {
                 if let Ok(debug_obj) = object::File::parse(debug_bin.bytes()) {
                     let debug_elf = ElfSymbols::from_object(&debug_obj);
@@ -62,7 +66,10 @@ impl Context {
             }
         }
         let go = GoTable::load(binary);
-        Ok(Context { parsed: Parsed { go, elf, dwarf }, addresses: AddrMap::default() })
+        Ok(Context {
+            parsed: Parsed { go, elf, dwarf },
+            addresses: AddrMap::default(),
+        })
     }
 }
 
@@ -89,9 +96,19 @@ impl Parsed {
             // No subprogram covers it (e.g. hand-written assembly): symbol plus line row.
             let function = sym()?;
             let (file, line) = dwarf.location(addr).unwrap_or((None, None));
-            return Ok(vec![Frame { function, file, line, inlined: false }]);
+            return Ok(vec![Frame {
+                function,
+                file,
+                line,
+                inlined: false,
+            }]);
         }
-        Ok(vec![Frame { function: sym()?, file: None, line: None, inlined: false }])
+        Ok(vec![Frame {
+            function: sym()?,
+            file: None,
+            line: None,
+            inlined: false,
+        }])
     }
 }
 
@@ -157,7 +174,6 @@ impl Symbolizer {
         Ok(())
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -16,13 +16,20 @@ fn fixture(name: &str) -> std::path::PathBuf {
     )
     .unwrap();
     let exe = dir.join("p");
-    run(Command::new(tool("GCC")).current_dir(&dir).args(["-O2", "-g", "-o"]).arg(&exe).arg("p.c"));
+    run(Command::new(tool("GCC"))
+        .current_dir(&dir)
+        .args(["-O2", "-g", "-o"])
+        .arg(&exe)
+        .arg("p.c"));
     exe
 }
 
 fn symbol_address(exe: &std::path::Path, name: &str) -> u64 {
     let nm = run(Command::new(tool("NM")).arg(exe));
-    let line = nm.lines().find(|l| l.ends_with(&format!(" {name}"))).unwrap();
+    let line = nm
+        .lines()
+        .find(|l| l.ends_with(&format!(" {name}")))
+        .unwrap();
     u64::from_str_radix(line.split(' ').next().unwrap(), 16).unwrap()
 }
 
@@ -31,21 +38,37 @@ fn json_lines_from_args_and_stdin() {
     let exe = fixture("cli-json");
     let f = symbol_address(&exe, "f");
     let bin = env!("CARGO_BIN_EXE_symbolize");
-    let out = run(Command::new(bin).arg("--exe").arg(&exe).arg(format!("{f:#x}")).arg("0x1"));
-    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let out = run(Command::new(bin)
+        .arg("--exe")
+        .arg(&exe)
+        .arg(format!("{f:#x}"))
+        .arg("0x1"));
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["addr"], format!("{f:#x}"));
     let frames = lines[0]["frames"].as_array().unwrap();
     assert_eq!(frames.last().unwrap()["function"], "f");
-    assert!(frames.last().unwrap()["file"].as_str().unwrap().ends_with("p.c"));
+    assert!(frames.last().unwrap()["file"]
+        .as_str()
+        .unwrap()
+        .ends_with("p.c"));
     assert!(frames.last().unwrap()["line"].as_u64().is_some());
     assert_eq!(lines[1]["frames"].as_array().unwrap().len(), 0);
     assert_eq!(lines[1]["reason"], "unknown_address");
 
     // stdin, one per line, with and without 0x; a bad line gets a reason, not an abort.
     let input = format!("{:x}\n{:#x}\nnot-hex\n", f + 2, f + 4);
-    let out = run_with_input(Command::new(bin).arg("--exe").arg(&exe).arg("--no-inlines"), &input);
-    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let out = run_with_input(
+        Command::new(bin).arg("--exe").arg(&exe).arg("--no-inlines"),
+        &input,
+    );
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3);
     for l in &lines[..2] {
         let frames = l["frames"].as_array().unwrap();
@@ -57,10 +80,15 @@ fn json_lines_from_args_and_stdin() {
 
 #[test]
 fn missing_file_fails() {
-    let st = Command::new(env!("CARGO_BIN_EXE_symbolize")).args(["--exe", "/nonexistent/x", "0x1"]).output().unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_symbolize"))
+        .args(["--exe", "/nonexistent/x", "0x1"])
+        .output()
+        .unwrap();
     assert!(!st.status.success());
     assert!(String::from_utf8_lossy(&st.stderr).contains("/nonexistent/x"));
-    let st = Command::new(env!("CARGO_BIN_EXE_symbolize")).output().unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_symbolize"))
+        .output()
+        .unwrap();
     assert_eq!(st.status.code(), Some(2));
 }
 

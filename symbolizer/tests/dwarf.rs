@@ -27,10 +27,16 @@ fn c_source(n: usize) -> String {
     use std::fmt::Write;
     let mut s = String::from("#include <stdio.h>\n#include \"mix.h\"\nvolatile int sink;\n");
     for i in 0..n {
-        let _ = writeln!(s, "static inline int helper_{i}(int x) {{ return step(x + {i}) ^ mix(x, {i}); }}");
+        let _ = writeln!(
+            s,
+            "static inline int helper_{i}(int x) {{ return step(x + {i}) ^ mix(x, {i}); }}"
+        );
         let _ = writeln!(s, "__attribute__((noinline)) int work_{i}(int x) {{");
         let _ = writeln!(s, "    int acc = helper_{i}(x);");
-        let _ = writeln!(s, "    for (int j = 0; j < x % 5; j++) acc += helper_{i}(acc + j);");
+        let _ = writeln!(
+            s,
+            "    for (int j = 0; j < x % 5; j++) acc += helper_{i}(acc + j);"
+        );
         if i > 0 {
             let _ = writeln!(s, "    if (x > 3) acc += work_{}(x - 1);", i - 1);
         }
@@ -67,17 +73,33 @@ fn ours(bin: &Binary, addrs: &[u64], config: SymbolizerConfig) -> Vec<Lookup> {
 }
 
 fn as_ref(f: &Frame) -> RefFrame {
-    RefFrame { function: normalize(&f.function), file: f.file.clone(), line: f.line }
+    RefFrame {
+        function: normalize(&f.function),
+        file: f.file.clone(),
+        line: f.line,
+    }
 }
 
 /// Compares frame lists; returns (explained classes, unexplained lines).
-fn compare(addrs: &[u64], ours: &[Lookup], theirs: &[Vec<RefFrame>]) -> (BTreeMap<&'static str, usize>, Vec<String>) {
+fn compare(
+    addrs: &[u64],
+    ours: &[Lookup],
+    theirs: &[Vec<RefFrame>],
+) -> (BTreeMap<&'static str, usize>, Vec<String>) {
     let mut classes = BTreeMap::new();
     let mut bad = Vec::new();
     for ((addr, o), t) in addrs.iter().zip(ours).zip(theirs) {
-        let o: Vec<RefFrame> = o.as_ref().map(|f| f.iter().map(as_ref).collect()).unwrap_or_default();
-        let t: Vec<RefFrame> =
-            t.iter().map(|f| RefFrame { function: normalize(&f.function), ..f.clone() }).collect();
+        let o: Vec<RefFrame> = o
+            .as_ref()
+            .map(|f| f.iter().map(as_ref).collect())
+            .unwrap_or_default();
+        let t: Vec<RefFrame> = t
+            .iter()
+            .map(|f| RefFrame {
+                function: normalize(&f.function),
+                ..f.clone()
+            })
+            .collect();
         if o == t {
             continue;
         }
@@ -97,7 +119,13 @@ fn explain(o: &[RefFrame], t: &[RefFrame]) -> Option<&'static str> {
     }
     // For functions known only from .symtab, llvm-symbolizer reports the preceding STT_FILE
     // symbol's name (e.g. `crtstuff.c`) as the file; we report no file.
-    if o.len() == 1 && t.len() == 1 && o[0].function == t[0].function && o[0].file.is_none() && o[0].line.is_none() && t[0].line.is_none() {
+    if o.len() == 1
+        && t.len() == 1
+        && o[0].function == t[0].function
+        && o[0].file.is_none()
+        && o[0].line.is_none()
+        && t[0].line.is_none()
+    {
         return Some("STT_FILE name as file for symbol-table frames");
     }
     // A stripped binary whose separate debug file keeps .symtab: we also take symbol-table-only
@@ -107,7 +135,11 @@ fn explain(o: &[RefFrame], t: &[RefFrame]) -> Option<&'static str> {
     }
     // Two compile units cover the same address (identical monomorphizations merged by LLVM);
     // each tool picks a different, equally valid unit, so one generic argument differs.
-    if o.len() == t.len() && o.iter().zip(t).all(|(a, b)| a.file == b.file && a.line == b.line) {
+    if o.len() == t.len()
+        && o.iter()
+            .zip(t)
+            .all(|(a, b)| a.file == b.file && a.line == b.line)
+    {
         return Some("two units describe the same code (merged functions)");
     }
     None
@@ -122,7 +154,11 @@ fn check(exe: &Path, config: SymbolizerConfig, seed: u64) {
 fn check_with(exe: &Path, config: SymbolizerConfig, seed: u64, rust: bool) {
     let bin = Binary::open(exe).unwrap();
     let addrs = random_text_addrs(&bin, 2500, seed);
-    let mut llvm_args = vec!["--functions=linkage", "--inlines", if rust { "--no-demangle" } else { "--demangle" }];
+    let mut llvm_args = vec![
+        "--functions=linkage",
+        "--inlines",
+        if rust { "--no-demangle" } else { "--demangle" },
+    ];
     let debug_dir_arg;
     if let Some(d) = config.debug_dirs.first() {
         debug_dir_arg = format!("--debug-file-directory={}", d.display());
@@ -135,31 +171,73 @@ fn check_with(exe: &Path, config: SymbolizerConfig, seed: u64, rust: bool) {
         }
     }
     let ours = ours(&bin, &addrs, config);
-    let inline_frames: usize = ours.iter().filter_map(|l| l.as_ref().ok()).map(|f| f.len() - 1).sum();
-    let with_line = ours.iter().filter_map(|l| l.as_ref().ok()).filter(|f| f[0].line.is_some()).count();
+    let inline_frames: usize = ours
+        .iter()
+        .filter_map(|l| l.as_ref().ok())
+        .map(|f| f.len() - 1)
+        .sum();
+    let with_line = ours
+        .iter()
+        .filter_map(|l| l.as_ref().ok())
+        .filter(|f| f[0].line.is_some())
+        .count();
     let (classes, bad) = compare(&addrs, &ours, &theirs);
     eprintln!(
         "{}: {} addrs, {inline_frames} inline frames, {with_line} with lines, explained: {classes:?}",
         exe.display(),
         addrs.len()
     );
-    assert!(bad.is_empty(), "{}: {} of {} disagree:\n{}", exe.display(), bad.len(), addrs.len(), bad[..bad.len().min(12)].join("\n"));
-    let merged = classes.get("two units describe the same code (merged functions)").copied().unwrap_or(0);
-    assert!(merged * 50 < addrs.len(), "too many ambiguous-unit disagreements: {merged}");
-    assert!(inline_frames > 200, "fixture should have inline frames, got {inline_frames}");
-    assert!(with_line > 1000, "most addresses should have lines, got {with_line}");
+    assert!(
+        bad.is_empty(),
+        "{}: {} of {} disagree:\n{}",
+        exe.display(),
+        bad.len(),
+        addrs.len(),
+        bad[..bad.len().min(12)].join("\n")
+    );
+    let merged = classes
+        .get("two units describe the same code (merged functions)")
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        merged * 50 < addrs.len(),
+        "too many ambiguous-unit disagreements: {merged}"
+    );
+    assert!(
+        inline_frames > 200,
+        "fixture should have inline frames, got {inline_frames}"
+    );
+    assert!(
+        with_line > 1000,
+        "most addresses should have lines, got {with_line}"
+    );
 }
 
 fn no_debug_dirs() -> SymbolizerConfig {
-    SymbolizerConfig { debug_dirs: vec![], ..Default::default() }
+    SymbolizerConfig {
+        debug_dirs: vec![],
+        ..Default::default()
+    }
 }
 
 #[test]
 fn dwarf4_and_dwarf5() {
     let dir = fixture_dir("dwarf-versions");
-    check(&build_c(&dir, "prog-dwarf4", &["-gdwarf-4"]), no_debug_dirs(), 11);
-    check(&build_c(&dir, "prog-dwarf5", &["-gdwarf-5"]), no_debug_dirs(), 12);
-    check(&build_c(&dir, "prog-dwarf5-pie", &["-gdwarf-5", "-fPIE", "-pie"]), no_debug_dirs(), 13);
+    check(
+        &build_c(&dir, "prog-dwarf4", &["-gdwarf-4"]),
+        no_debug_dirs(),
+        11,
+    );
+    check(
+        &build_c(&dir, "prog-dwarf5", &["-gdwarf-5"]),
+        no_debug_dirs(),
+        12,
+    );
+    check(
+        &build_c(&dir, "prog-dwarf5-pie", &["-gdwarf-5", "-fPIE", "-pie"]),
+        no_debug_dirs(),
+        13,
+    );
 }
 
 #[test]
@@ -167,12 +245,23 @@ fn compressed_sections() {
     let dir = fixture_dir("dwarf-compressed");
     for (name, how) in [("prog-zlib", "zlib"), ("prog-zstd", "zstd")] {
         let exe = build_c(&dir, name, &["-g"]);
-        run(Command::new(tool("OBJCOPY")).arg(format!("--compress-debug-sections={how}")).arg(&exe));
+        run(Command::new(tool("OBJCOPY"))
+            .arg(format!("--compress-debug-sections={how}"))
+            .arg(&exe));
         let sections = run(Command::new("readelf").arg("-SW").arg(&exe));
-        let info = sections.lines().find(|l| l.contains(" .debug_info")).expect(".debug_info");
-        assert!(info.contains(" C ") || info.split_whitespace().any(|w| w.contains('C')), "{how}: not compressed: {info}");
+        let info = sections
+            .lines()
+            .find(|l| l.contains(" .debug_info"))
+            .expect(".debug_info");
+        assert!(
+            info.contains(" C ") || info.split_whitespace().any(|w| w.contains('C')),
+            "{how}: not compressed: {info}"
+        );
         let header = run(Command::new("readelf").arg("-t").arg(&exe));
-        assert!(header.to_uppercase().contains(&how.to_uppercase()), "{how} compression header missing");
+        assert!(
+            header.to_uppercase().contains(&how.to_uppercase()),
+            "{how} compression header missing"
+        );
         check(&exe, no_debug_dirs(), 21);
     }
 }
@@ -182,8 +271,14 @@ fn separate_debug_file_via_debuglink_and_build_id() {
     let dir = fixture_dir("dwarf-split");
     let exe = build_c(&dir, "prog", &["-g"]);
     let dbg = dir.join("prog.debug");
-    run(Command::new(tool("OBJCOPY")).arg("--only-keep-debug").arg(&exe).arg(&dbg));
-    run(Command::new(tool("OBJCOPY")).arg("--strip-all").arg(format!("--add-gnu-debuglink={}", dbg.display())).arg(&exe));
+    run(Command::new(tool("OBJCOPY"))
+        .arg("--only-keep-debug")
+        .arg(&exe)
+        .arg(&dbg));
+    run(Command::new(tool("OBJCOPY"))
+        .arg("--strip-all")
+        .arg(format!("--add-gnu-debuglink={}", dbg.display()))
+        .arg(&exe));
     assert!(!run(Command::new("readelf").arg("-SW").arg(&exe)).contains(".debug_info"));
     check(&exe, no_debug_dirs(), 31);
 
@@ -195,9 +290,17 @@ fn separate_debug_file_via_debuglink_and_build_id() {
     let copy = Binary::open(&elsewhere.join("copy")).unwrap();
     let via = Binary::open_as(&elsewhere.join("copy"), &exe).unwrap();
     let probe = random_text_addrs(&copy, 300, 2);
-    let lines = |b: &Binary| ours(b, &probe, no_debug_dirs()).iter().filter(|l| l.as_ref().is_ok_and(|f| f[0].line.is_some())).count();
+    let lines = |b: &Binary| {
+        ours(b, &probe, no_debug_dirs())
+            .iter()
+            .filter(|l| l.as_ref().is_ok_and(|f| f[0].line.is_some()))
+            .count()
+    };
     assert_eq!(lines(&copy), 0, "no debug file next to the copy");
-    assert!(lines(&via) > 200, "open_as finds the debuglink next to the original path");
+    assert!(
+        lines(&via) > 200,
+        "open_as finds the debuglink next to the original path"
+    );
 
     // A debuglink whose CRC does not match is ignored.
     let bad = dir.join("bad");
@@ -210,18 +313,35 @@ fn separate_debug_file_via_debuglink_and_build_id() {
     let bin = Binary::open(&bad.join("prog")).unwrap();
     let main = random_text_addrs(&bin, 200, 1);
     let res = ours(&bin, &main, no_debug_dirs());
-    assert!(res.iter().all(|l| l.as_ref().map_or(true, |f| f[0].line.is_none())), "used a debug file with a bad CRC");
+    assert!(
+        res.iter()
+            .all(|l| l.as_ref().map_or(true, |f| f[0].line.is_none())),
+        "used a debug file with a bad CRC"
+    );
 
     // Build-id layout in a debug dir, with no debuglink.
     let exe2 = build_c(&dir, "prog2", &["-g"]);
-    let id = Binary::open(&exe2).unwrap().gnu_build_id().unwrap().to_vec();
+    let id = Binary::open(&exe2)
+        .unwrap()
+        .gnu_build_id()
+        .unwrap()
+        .to_vec();
     let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
     let root = dir.join("debugroot");
-    let target = root.join(".build-id").join(&hex[..2]).join(format!("{}.debug", &hex[2..]));
+    let target = root
+        .join(".build-id")
+        .join(&hex[..2])
+        .join(format!("{}.debug", &hex[2..]));
     std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-    run(Command::new(tool("OBJCOPY")).arg("--only-keep-debug").arg(&exe2).arg(&target));
+    run(Command::new(tool("OBJCOPY"))
+        .arg("--only-keep-debug")
+        .arg(&exe2)
+        .arg(&target));
     run(Command::new(tool("OBJCOPY")).arg("--strip-all").arg(&exe2));
-    let config = SymbolizerConfig { debug_dirs: vec![root], ..Default::default() };
+    let config = SymbolizerConfig {
+        debug_dirs: vec![root],
+        ..Default::default()
+    };
     check(&exe2, config, 32);
 }
 
@@ -231,16 +351,33 @@ fn no_inlines_gives_one_frame() {
     let exe = build_c(&dir, "prog", &["-g"]);
     let bin = Binary::open(&exe).unwrap();
     let addrs = random_text_addrs(&bin, 2000, 41);
-    let theirs = llvm_symbolize(&exe, &addrs, &["--functions=linkage", "--no-inlines", "--demangle"]);
-    let config = SymbolizerConfig { inlines: false, ..no_debug_dirs() };
+    let theirs = llvm_symbolize(
+        &exe,
+        &addrs,
+        &["--functions=linkage", "--no-inlines", "--demangle"],
+    );
+    let config = SymbolizerConfig {
+        inlines: false,
+        ..no_debug_dirs()
+    };
     let ours = ours(&bin, &addrs, config);
-    assert!(ours.iter().filter_map(|l| l.as_ref().ok()).all(|f| f.len() == 1 && !f[0].inlined));
+    assert!(ours
+        .iter()
+        .filter_map(|l| l.as_ref().ok())
+        .all(|f| f.len() == 1 && !f[0].inlined));
     // Extreme addresses are misses, not panics (addr2line adds 1 to the probe unchecked).
-    let edge = Symbolizer::new(no_debug_dirs()).symbolize(&bin, &[u64::MAX, 0]).unwrap();
+    let edge = Symbolizer::new(no_debug_dirs())
+        .symbolize(&bin, &[u64::MAX, 0])
+        .unwrap();
     assert!(edge.iter().all(|l| l.is_err()));
     let (classes, bad) = compare(&addrs, &ours, &theirs);
     eprintln!("no-inlines explained: {classes:?}");
-    assert!(bad.is_empty(), "{} disagree:\n{}", bad.len(), bad[..bad.len().min(12)].join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{} disagree:\n{}",
+        bad.len(),
+        bad[..bad.len().min(12)].join("\n")
+    );
 }
 
 #[test]
@@ -268,7 +405,17 @@ fn main() {
     .unwrap();
     let exe = dir.join("rustprog");
     // Same as a Cargo release profile with `debug = 2`.
-    run(Command::new("rustc").args(["-C", "opt-level=3", "-C", "debuginfo=2", "--edition=2021", "-o"]).arg(&exe).arg(&src));
+    run(Command::new("rustc")
+        .args([
+            "-C",
+            "opt-level=3",
+            "-C",
+            "debuginfo=2",
+            "--edition=2021",
+            "-o",
+        ])
+        .arg(&exe)
+        .arg(&src));
     check_with(&exe, no_debug_dirs(), 51, true);
 }
 
@@ -286,7 +433,9 @@ fn mutated_dwarf_never_panics() {
     let dir = fixture_dir("dwarf-mutate");
     let plain = build_c(&dir, "prog", &["-g"]);
     let zlib = build_c(&dir, "prog-z", &["-g"]);
-    run(Command::new(tool("OBJCOPY")).arg("--compress-debug-sections=zlib").arg(&zlib));
+    run(Command::new(tool("OBJCOPY"))
+        .arg("--compress-debug-sections=zlib")
+        .arg(&zlib));
     let mut rng = support::Rng::new(77);
     for exe in [plain, zlib] {
         let orig = std::fs::read(&exe).unwrap();
@@ -296,7 +445,10 @@ fn mutated_dwarf_never_panics() {
             .filter(|l| l.contains(".debug_"))
             .filter_map(|l| {
                 let f: Vec<&str> = l.split(']').nth(1)?.split_whitespace().collect();
-                Some((usize::from_str_radix(f[3], 16).ok()?, usize::from_str_radix(f[4], 16).ok()?))
+                Some((
+                    usize::from_str_radix(f[3], 16).ok()?,
+                    usize::from_str_radix(f[4], 16).ok()?,
+                ))
             })
             .filter(|r| r.1 > 8)
             .collect();

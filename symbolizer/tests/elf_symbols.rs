@@ -24,7 +24,11 @@ fn c_source() -> String {
         for k in 0..(i % 7) {
             let _ = writeln!(s, "  for (int j = 0; j < x; j++) sink += j * {k} + x;");
         }
-        let next = if i > 0 { format!("fn_{}(x - 1)", i - 1) } else { "0".into() };
+        let next = if i > 0 {
+            format!("fn_{}(x - 1)", i - 1)
+        } else {
+            "0".into()
+        };
         let _ = writeln!(s, "  return x > 0 ? {next} + sink : {i};\n}}");
     }
     s.push_str("int main(int argc, char **argv) { (void)argv; printf(\"%d\\n\", fn_299(argc)); return 0; }\n");
@@ -59,11 +63,22 @@ int main(int argc, char **argv) {
 "#
 }
 
-fn build(dir: &Path, compiler: &str, src_name: &str, src: &str, out: &str, flags: &[&str]) -> PathBuf {
+fn build(
+    dir: &Path,
+    compiler: &str,
+    src_name: &str,
+    src: &str,
+    out: &str,
+    flags: &[&str],
+) -> PathBuf {
     let src_path = dir.join(src_name);
     std::fs::write(&src_path, src).unwrap();
     let out_path = dir.join(out);
-    run(Command::new(tool(compiler)).args(flags).arg("-o").arg(&out_path).arg(&src_path));
+    run(Command::new(tool(compiler))
+        .args(flags)
+        .arg("-o")
+        .arg(&out_path)
+        .arg(&src_path));
     out_path
 }
 
@@ -99,7 +114,11 @@ fn normalize(name: &str) -> String {
 }
 
 /// Known disagreement classes, each explained; `None` means a real bug.
-fn explain(ours: &Option<String>, theirs: &Option<String>, zero_size_elsewhere: bool) -> Option<&'static str> {
+fn explain(
+    ours: &Option<String>,
+    theirs: &Option<String>,
+    zero_size_elsewhere: bool,
+) -> Option<&'static str> {
     match (ours, theirs) {
         // llvm-symbolizer extends a zero-size symbol (`_init` in .init) to the next symbol even
         // across sections (into .plt); we stop at the section end.
@@ -113,7 +132,10 @@ fn compare_with_llvm(path: &Path, n: usize, seed: u64) -> (usize, Vec<String>) {
     let bin = Binary::open(path).unwrap();
     let mut addrs = random_text_addrs(&bin, n, seed);
     let nm = run(Command::new(tool("NM")).arg("--defined-only").arg(path));
-    let nm_dyn = run(Command::new(tool("NM")).arg("-D").arg("--defined-only").arg(path));
+    let nm_dyn = run(Command::new(tool("NM"))
+        .arg("-D")
+        .arg("--defined-only")
+        .arg(path));
     for line in nm.lines().chain(nm_dyn.lines()) {
         let mut parts = line.split_whitespace();
         if let (Some(a), Some("t" | "T")) = (parts.next(), parts.next()) {
@@ -121,7 +143,11 @@ fn compare_with_llvm(path: &Path, n: usize, seed: u64) -> (usize, Vec<String>) {
             addrs.extend([a, a + 1]);
         }
     }
-    let theirs = support::llvm_symbolize(path, &addrs, &["--functions=linkage", "--no-inlines", "--demangle"]);
+    let theirs = support::llvm_symbolize(
+        path,
+        &addrs,
+        &["--functions=linkage", "--no-inlines", "--demangle"],
+    );
     let ours = ours(path, &addrs);
     let sections = sections(path);
     let section_of = |a: u64| sections.iter().position(|&(s, e)| s <= a && a < e);
@@ -142,7 +168,11 @@ fn compare_with_llvm(path: &Path, n: usize, seed: u64) -> (usize, Vec<String>) {
             }
         }
     }
-    eprintln!("{}: {} addresses, explained disagreements: {explained:?}", path.display(), addrs.len());
+    eprintln!(
+        "{}: {} addresses, explained disagreements: {explained:?}",
+        path.display(),
+        addrs.len()
+    );
     (addrs.len(), bad)
 }
 
@@ -167,7 +197,12 @@ fn zero_size_symbols(path: &Path) -> Vec<(String, u64)> {
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             (f.len() >= 8 && f[3] == "FUNC" && f[2] == "0")
-                .then(|| Some((f[7].split('@').next()?.to_owned(), u64::from_str_radix(f[1], 16).ok()?)))
+                .then(|| {
+                    Some((
+                        f[7].split('@').next()?.to_owned(),
+                        u64::from_str_radix(f[1], 16).ok()?,
+                    ))
+                })
                 .flatten()
         })
         .collect()
@@ -176,15 +211,35 @@ fn zero_size_symbols(path: &Path) -> Vec<(String, u64)> {
 fn assert_agrees(path: &Path, seed: u64) {
     let (n, bad) = compare_with_llvm(path, 2500, seed);
     assert!(n >= 2500);
-    assert!(bad.is_empty(), "{}: {} of {n} disagree:\n{}", path.display(), bad.len(), bad[..bad.len().min(30)].join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{}: {} of {n} disagree:\n{}",
+        path.display(),
+        bad.len(),
+        bad[..bad.len().min(30)].join("\n")
+    );
 }
 
 #[test]
 fn c_executable_matches_llvm_symbolizer() {
     let dir = fixture_dir("elf-c");
-    let exe = build(&dir, "GCC", "many.c", &c_source(), "many", &["-O2", "-g0", "-no-pie", "-fno-pie"]);
+    let exe = build(
+        &dir,
+        "GCC",
+        "many.c",
+        &c_source(),
+        "many",
+        &["-O2", "-g0", "-no-pie", "-fno-pie"],
+    );
     assert_agrees(&exe, 1);
-    let pie = build(&dir, "GCC", "many.c", &c_source(), "many-pie", &["-O2", "-g0", "-pie", "-fPIE"]);
+    let pie = build(
+        &dir,
+        "GCC",
+        "many.c",
+        &c_source(),
+        "many-pie",
+        &["-O2", "-g0", "-pie", "-fPIE"],
+    );
     assert_agrees(&pie, 2);
     let bin = Binary::open(&pie).unwrap();
     assert!(bin.is_pie_or_shared());
@@ -194,15 +249,33 @@ fn c_executable_matches_llvm_symbolizer() {
 #[test]
 fn stripped_shared_object_uses_dynsym() {
     let dir = fixture_dir("elf-so");
-    let so = build(&dir, "GCC", "many.c", &c_source(), "libmany.so", &["-O2", "-g0", "-shared", "-fPIC"]);
+    let so = build(
+        &dir,
+        "GCC",
+        "many.c",
+        &c_source(),
+        "libmany.so",
+        &["-O2", "-g0", "-shared", "-fPIC"],
+    );
     run(Command::new("strip").arg("--strip-all").arg(&so));
-    let syms = run(Command::new(tool("NM")).arg(&so).stderr(std::process::Stdio::null()));
-    assert!(syms.trim().is_empty() || syms.contains("no symbols"), "strip left .symtab");
+    let syms = run(Command::new(tool("NM"))
+        .arg(&so)
+        .stderr(std::process::Stdio::null()));
+    assert!(
+        syms.trim().is_empty() || syms.contains("no symbols"),
+        "strip left .symtab"
+    );
     assert_agrees(&so, 3);
     // Hidden and static functions are gone, so lookups there must miss or name a neighbour
     // exactly as llvm-symbolizer does (checked above); exported ones still resolve.
-    let nm = run(Command::new(tool("NM")).arg("-D").arg("--defined-only").arg(&so));
-    let fn1 = nm.lines().find(|l| l.ends_with(" fn_1")).expect("fn_1 exported");
+    let nm = run(Command::new(tool("NM"))
+        .arg("-D")
+        .arg("--defined-only")
+        .arg(&so));
+    let fn1 = nm
+        .lines()
+        .find(|l| l.ends_with(" fn_1"))
+        .expect("fn_1 exported");
     let addr = u64::from_str_radix(fn1.split(' ').next().unwrap(), 16).unwrap();
     assert_eq!(ours(&so, &[addr]), vec![Ok("fn_1".to_owned())]);
 }
@@ -210,13 +283,27 @@ fn stripped_shared_object_uses_dynsym() {
 #[test]
 fn cpp_names_match_binutils_and_llvm() {
     let dir = fixture_dir("elf-cpp");
-    let exe = build(&dir, "GXX", "w.cpp", cpp_source(), "widgets", &["-O2", "-g0"]);
+    let exe = build(
+        &dir,
+        "GXX",
+        "w.cpp",
+        cpp_source(),
+        "widgets",
+        &["-O2", "-g0"],
+    );
     assert_agrees(&exe, 4);
     // binutils addr2line -C uses libiberty, whose spacing cpp_demangle follows exactly.
     let bin = Binary::open(&exe).unwrap();
     let addrs = random_text_addrs(&bin, 2000, 5);
     let input: String = addrs.iter().map(|a| format!("0x{a:x}\n")).collect();
-    let out = run_with_input(Command::new(tool("ADDR2LINE")).arg("-f").arg("-C").arg("-e").arg(&exe), &input);
+    let out = run_with_input(
+        Command::new(tool("ADDR2LINE"))
+            .arg("-f")
+            .arg("-C")
+            .arg("-e")
+            .arg(&exe),
+        &input,
+    );
     let names: Vec<&str> = out.lines().step_by(2).collect();
     assert_eq!(names.len(), addrs.len());
     let ours = ours(&exe, &addrs);
@@ -231,34 +318,71 @@ fn cpp_names_match_binutils_and_llvm() {
             }
         }
     }
-    assert!(cpp_seen > 100, "fixture should exercise C++ names, saw {cpp_seen}");
-    assert!(bad.is_empty(), "{} disagree:\n{}", bad.len(), bad[..bad.len().min(30)].join("\n"));
+    assert!(
+        cpp_seen > 100,
+        "fixture should exercise C++ names, saw {cpp_seen}"
+    );
+    assert!(
+        bad.is_empty(),
+        "{} disagree:\n{}",
+        bad.len(),
+        bad[..bad.len().min(30)].join("\n")
+    );
 }
 
 #[test]
 fn load_segments_and_build_id() {
     let dir = fixture_dir("elf-segments");
-    let exe = build(&dir, "GCC", "many.c", &c_source(), "many", &["-O2", "-Wl,--build-id=sha1", "-pie", "-fPIE"]);
+    let exe = build(
+        &dir,
+        "GCC",
+        "many.c",
+        &c_source(),
+        "many",
+        &["-O2", "-Wl,--build-id=sha1", "-pie", "-fPIE"],
+    );
     let bin = Binary::open(&exe).unwrap();
     let readelf = run(Command::new("readelf").arg("-n").arg(&exe));
-    let hex = readelf.lines().find_map(|l| l.trim().strip_prefix("Build ID: ")).expect("build id note").trim().to_owned();
-    let ours: String = bin.gnu_build_id().unwrap().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = readelf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .expect("build id note")
+        .trim()
+        .to_owned();
+    let ours: String = bin
+        .gnu_build_id()
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(ours, hex);
     assert!(matches!(bin.id(), symbolizer::BinaryId::BuildId(b) if b.len() == 20));
     assert_eq!(bin.go_build_id(), None);
 
     // Every PT_LOAD readelf lists, in order, with the same fields.
     let phdrs = run(Command::new("readelf").arg("-lW").arg(&exe));
-    let loads: Vec<Vec<&str>> =
-        phdrs.lines().filter(|l| l.trim_start().starts_with("LOAD")).map(|l| l.split_whitespace().collect()).collect();
+    let loads: Vec<Vec<&str>> = phdrs
+        .lines()
+        .filter(|l| l.trim_start().starts_with("LOAD"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
     assert_eq!(loads.len(), bin.load_segments().len());
     let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
     for (l, s) in loads.iter().zip(bin.load_segments()) {
-        assert_eq!((hex(l[1]), hex(l[2]), hex(l[4]), hex(l[5])), (s.p_offset, s.p_vaddr, s.p_filesz, s.p_memsz));
-        assert_eq!(l[6..l.len() - 1].contains(&"E") || l[6].contains('E'), s.executable);
+        assert_eq!(
+            (hex(l[1]), hex(l[2]), hex(l[4]), hex(l[5])),
+            (s.p_offset, s.p_vaddr, s.p_filesz, s.p_memsz)
+        );
+        assert_eq!(
+            l[6..l.len() - 1].contains(&"E") || l[6].contains('E'),
+            s.executable
+        );
     }
     let text = bin.load_segments().iter().find(|s| s.executable).unwrap();
-    assert_eq!(bin.file_offset_to_vaddr(text.p_offset + 0x10), Some(text.p_vaddr + 0x10));
+    assert_eq!(
+        bin.file_offset_to_vaddr(text.p_offset + 0x10),
+        Some(text.p_vaddr + 0x10)
+    );
     assert_eq!(bin.file_offset_to_vaddr(u64::MAX), None);
 
     // The binary stays usable after its path disappears.
@@ -303,7 +427,11 @@ fn mutated_elf_never_panics() {
 
 fn random_text_addrs_or_default(bin: &Binary, rng: &mut support::Rng) -> Vec<u64> {
     let mut v: Vec<u64> = (0..64).map(|_| rng.below(0x10000)).collect();
-    if bin.load_segments().iter().any(|s| s.executable && s.p_filesz > 0) {
+    if bin
+        .load_segments()
+        .iter()
+        .any(|s| s.executable && s.p_filesz > 0)
+    {
         v.extend(random_text_addrs(bin, 64, rng.next()));
     }
     v

@@ -26,7 +26,12 @@ fn fuzz_dir() -> PathBuf {
 /// A section's bytes, via objcopy.
 fn section(exe: &Path, name: &str, dir: &Path) -> Vec<u8> {
     let out = dir.join(format!("section{name}"));
-    run(Command::new(tool("OBJCOPY")).arg("-O").arg("binary").arg(format!("--only-section={name}")).arg(exe).arg(&out));
+    run(Command::new(tool("OBJCOPY"))
+        .arg("-O")
+        .arg("binary")
+        .arg(format!("--only-section={name}"))
+        .arg(exe)
+        .arg(&out));
     std::fs::read(out).unwrap()
 }
 
@@ -38,7 +43,12 @@ fn generated_seeds(target: &str, dir: &Path) -> Vec<Vec<u8>> {
         )
         .unwrap();
         let exe = dir.join(name);
-        run(Command::new(tool("GCC")).current_dir(dir).args(flags).arg("-o").arg(&exe).arg("s.c"));
+        run(Command::new(tool("GCC"))
+            .current_dir(dir)
+            .args(flags)
+            .arg("-o")
+            .arg(&exe)
+            .arg("s.c"));
         exe
     };
     let go_exe = || -> PathBuf {
@@ -67,14 +77,26 @@ fn generated_seeds(target: &str, dir: &Path) -> Vec<Vec<u8>> {
             let a = c_exe(&["-O2", "-g"], "elf-g");
             let b = c_exe(&["-O2", "-g", "-gz=zlib"], "elf-gz");
             let c = c_exe(&["-O0", "-s"], "elf-stripped");
-            vec![std::fs::read(a).unwrap(), std::fs::read(b).unwrap(), std::fs::read(c).unwrap(), std::fs::read(go_exe()).unwrap()]
+            vec![
+                std::fs::read(a).unwrap(),
+                std::fs::read(b).unwrap(),
+                std::fs::read(c).unwrap(),
+                std::fs::read(go_exe()).unwrap(),
+            ]
         }
         "dwarf" => {
             let exe = c_exe(&["-O2", "-g", "-gdwarf-5"], "dw5");
-            let parts: Vec<Vec<u8>> = [".debug_info", ".debug_abbrev", ".debug_line", ".debug_str", ".debug_rnglists", ".debug_addr"]
-                .iter()
-                .map(|s| section(&exe, s, dir))
-                .collect();
+            let parts: Vec<Vec<u8>> = [
+                ".debug_info",
+                ".debug_abbrev",
+                ".debug_line",
+                ".debug_str",
+                ".debug_rnglists",
+                ".debug_addr",
+            ]
+            .iter()
+            .map(|s| section(&exe, s, dir))
+            .collect();
             let mut seed = Vec::new();
             for p in &parts {
                 seed.extend_from_slice(&(p.len().min(0xffff) as u16).to_le_bytes());
@@ -90,8 +112,13 @@ fn generated_seeds(target: &str, dir: &Path) -> Vec<Vec<u8>> {
 }
 
 fn committed(sub: &str, target: &str) -> Vec<Vec<u8>> {
-    let Ok(rd) = std::fs::read_dir(fuzz_dir().join(sub).join(target)) else { return Vec::new() };
-    rd.filter_map(|e| e.ok()).filter(|e| e.path().is_file()).map(|e| std::fs::read(e.path()).unwrap()).collect()
+    let Ok(rd) = std::fs::read_dir(fuzz_dir().join(sub).join(target)) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter(|e| e.path().is_file())
+        .map(|e| std::fs::read(e.path()).unwrap())
+        .collect()
 }
 
 #[test]
@@ -100,12 +127,17 @@ fn seed_corpora_and_regressions_replay() {
     for (name, target) in TARGETS {
         let dir = fixture_dir(&format!("fuzz-{name}"));
         let generated = generated_seeds(name, &dir);
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-seeds").join(name);
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("fuzz-seeds")
+            .join(name);
         std::fs::create_dir_all(&out).unwrap();
         for (i, s) in generated.iter().enumerate() {
             std::fs::write(out.join(format!("seed-{i}")), s).unwrap();
         }
-        let seeds: Vec<Vec<u8>> = generated.into_iter().chain(committed("corpus", name)).collect();
+        let seeds: Vec<Vec<u8>> = generated
+            .into_iter()
+            .chain(committed("corpus", name))
+            .collect();
         assert!(!seeds.is_empty(), "{name}: empty seed corpus");
         for seed in committed("regressions", name).iter().chain(&seeds) {
             target(seed);
@@ -135,6 +167,9 @@ fn seed_corpora_and_regressions_replay() {
                 target(&m);
             }
         }
-        eprintln!("{name}: {} seeds replayed with {rounds} mutations each", seeds.len());
+        eprintln!(
+            "{name}: {} seeds replayed with {rounds} mutations each",
+            seeds.len()
+        );
     }
 }

@@ -13,8 +13,11 @@ use support::{run, run_with_input, tool, Rng};
 use symbolizer::gopclntab::{GoFamily, GoTable};
 use symbolizer::{Binary, Symbolizer, SymbolizerConfig};
 
-const VARIANTS: [(&str, &[&str]); 3] =
-    [("plain", &[]), ("stripped", &["-ldflags=-s -w"]), ("pie", &["-buildmode=pie"])];
+const VARIANTS: [(&str, &[&str]); 3] = [
+    ("plain", &[]),
+    ("stripped", &["-ldflags=-s -w"]),
+    ("pie", &["-buildmode=pie"]),
+];
 
 fn go_env<'a>(cmd: &'a mut Command, version: &str) -> &'a mut Command {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
@@ -31,7 +34,9 @@ fn build(version: &str, go: &Path, variant: &str, flags: &[&str]) -> PathBuf {
 }
 
 fn build_from(fixture: &str, version: &str, go: &Path, variant: &str, flags: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(fixture);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(fixture);
     let dir = support::fixture_dir(&format!("{fixture}-{version}-{variant}"));
     for e in std::fs::read_dir(&src).unwrap() {
         let e = e.unwrap();
@@ -39,7 +44,12 @@ fn build_from(fixture: &str, version: &str, go: &Path, variant: &str, flags: &[&
     }
     let exe = dir.join("fixture");
     let mut cmd = Command::new(go);
-    cmd.current_dir(&dir).arg("build").args(flags).arg("-o").arg(&exe).arg(".");
+    cmd.current_dir(&dir)
+        .arg("build")
+        .args(flags)
+        .arg("-o")
+        .arg(&exe)
+        .arg(".");
     if fixture == "go-cgo" {
         cmd.env("CGO_ENABLED", "1").env("CC", tool("GCC"));
     }
@@ -50,10 +60,19 @@ fn build_from(fixture: &str, version: &str, go: &Path, variant: &str, flags: &[&
 /// `go tool addr2line`: (function, "file:line") per address.
 fn go_addr2line(go: &Path, version: &str, exe: &Path, addrs: &[u64]) -> Vec<(String, String)> {
     let input: String = addrs.iter().map(|a| format!("0x{a:x}\n")).collect();
-    let out = run_with_input(go_env(Command::new(go).args(["tool", "addr2line"]).arg(exe), version), &input);
+    let out = run_with_input(
+        go_env(
+            Command::new(go).args(["tool", "addr2line"]).arg(exe),
+            version,
+        ),
+        &input,
+    );
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2 * addrs.len(), "go tool addr2line output");
-    lines.chunks(2).map(|c| (c[0].to_owned(), c[1].to_owned())).collect()
+    lines
+        .chunks(2)
+        .map(|c| (c[0].to_owned(), c[1].to_owned()))
+        .collect()
 }
 
 fn differential(version: &str, go: &Path, variant: &str, exe: &Path, seed: u64) {
@@ -61,7 +80,15 @@ fn differential(version: &str, go: &Path, variant: &str, exe: &Path, seed: u64) 
 }
 
 /// `oracle_exe`: the file `go tool addr2line` reads (same text as `exe`, see cgo_external_linking).
-fn differential_with(version: &str, go: &Path, variant: &str, exe: &Path, oracle_exe: &Path, seed: u64, min_inlined: usize) {
+fn differential_with(
+    version: &str,
+    go: &Path,
+    variant: &str,
+    exe: &Path,
+    oracle_exe: &Path,
+    seed: u64,
+    min_inlined: usize,
+) {
     let bin = Binary::open(exe).unwrap();
     let table = GoTable::load(&bin).expect("pclntab found");
     let entries: Vec<(u64, String)> = table.functions().map(|(e, n)| (e, n.to_owned())).collect();
@@ -78,7 +105,10 @@ fn differential_with(version: &str, go: &Path, variant: &str, exe: &Path, oracle
         }
     }
     let theirs = go_addr2line(go, version, oracle_exe, &addrs);
-    let mut plain = Symbolizer::new(SymbolizerConfig { inlines: false, ..Default::default() });
+    let mut plain = Symbolizer::new(SymbolizerConfig {
+        inlines: false,
+        ..Default::default()
+    });
     let mut inl = Symbolizer::new(SymbolizerConfig::default());
     let flat = plain.symbolize(&bin, &addrs).unwrap();
     let chains = inl.symbolize(&bin, &addrs).unwrap();
@@ -91,17 +121,32 @@ fn differential_with(version: &str, go: &Path, variant: &str, exe: &Path, oracle
         // tables, so Go prints file "" and line -1; marker functions (`go:textfipsstart`) have
         // no line table (offset 0) and debug/gosym decodes pctab's first bytes as one (-7).
         // We report no file and no line for both.
-        let tl = &if tl.starts_with(":-") { padding += 1; "?:0".to_owned() } else { tl.clone() };
+        let tl = &if tl.starts_with(":-") {
+            padding += 1;
+            "?:0".to_owned()
+        } else {
+            tl.clone()
+        };
         let f = flat[i].as_ref().map_err(|m| format!("{m}"));
         let c = chains[i].as_ref().map_err(|m| format!("{m}"));
         let (Ok(f), Ok(c)) = (f, c) else {
             bad.push(format!("0x{addr:x}: miss; go: {tf} {tl}"));
             continue;
         };
-        let fl = |fr: &symbolizer::Frame| format!("{}:{}", fr.file.as_deref().unwrap_or("?"), fr.line.unwrap_or(0));
+        let fl = |fr: &symbolizer::Frame| {
+            format!(
+                "{}:{}",
+                fr.file.as_deref().unwrap_or("?"),
+                fr.line.unwrap_or(0)
+            )
+        };
         // addr2line: outermost function, innermost file:line (its table has no inline tree).
         if f.len() != 1 || f[0].function != *tf || fl(&f[0]) != *tl {
-            bad.push(format!("0x{addr:x}: ours {} {}; go {tf} {tl}", f[0].function, fl(&f[0])));
+            bad.push(format!(
+                "0x{addr:x}: ours {} {}; go {tf} {tl}",
+                f[0].function,
+                fl(&f[0])
+            ));
         }
         if c.last().unwrap().function != *tf || fl(&c[0]) != *tl {
             bad.push(format!("0x{addr:x}: chain {:?}; go {tf} {tl}", c));
@@ -109,8 +154,17 @@ fn differential_with(version: &str, go: &Path, variant: &str, exe: &Path, oracle
         inlined += usize::from(c.len() > 1);
     }
     eprintln!("go {version} {variant}: {} addresses ({} entries), {inlined} with inline frames, {padding} in padding", addrs.len(), entries.len());
-    assert!(bad.is_empty(), "go {version} {variant}: {} of {} disagree:\n{}", bad.len(), addrs.len(), bad[..bad.len().min(20)].join("\n"));
-    assert!(inlined > min_inlined, "go {version} {variant}: only {inlined} PCs had inline frames");
+    assert!(
+        bad.is_empty(),
+        "go {version} {variant}: {} of {} disagree:\n{}",
+        bad.len(),
+        addrs.len(),
+        bad[..bad.len().min(20)].join("\n")
+    );
+    assert!(
+        inlined > min_inlined,
+        "go {version} {variant}: only {inlined} PCs had inline frames"
+    );
 }
 
 /// Runs the fixture and checks every physical frame's chain against runtime.CallersFrames.
@@ -118,7 +172,11 @@ fn inline_chains(version: &str, variant: &str, exe: &Path) {
     let out = run(&mut Command::new(exe));
     let bin = Binary::open(exe).unwrap();
     let table = GoTable::load(&bin).unwrap();
-    let main_entry = table.functions().find(|(_, n)| *n == "main.main").expect("main.main").0;
+    let main_entry = table
+        .functions()
+        .find(|(_, n)| *n == "main.main")
+        .expect("main.main")
+        .0;
     let runtime_main: u64 =
         u64::from_str_radix(out.lines().next().unwrap().strip_prefix("B ").unwrap(), 16).unwrap();
     let bias = runtime_main.wrapping_sub(main_entry);
@@ -136,22 +194,42 @@ fn inline_chains(version: &str, variant: &str, exe: &Path) {
                 let entry = u64::from_str_radix(p.next().unwrap(), 16).unwrap();
                 let mut t = p.next().unwrap().split('\t');
                 let (f, file, line) = (t.next().unwrap(), t.next().unwrap(), t.next().unwrap());
-                (pc, entry, f.to_owned(), file.to_owned(), line.parse().unwrap())
+                (
+                    pc,
+                    entry,
+                    f.to_owned(),
+                    file.to_owned(),
+                    line.parse().unwrap(),
+                )
             })
             .collect();
         let mut i = 0;
         while i < frames.len() {
-            let group: Vec<_> = frames[i..].iter().take_while(|f| f.1 == frames[i].1).collect();
+            let group: Vec<_> = frames[i..]
+                .iter()
+                .take_while(|f| f.1 == frames[i].1)
+                .collect();
             let pc = group[0].0.wrapping_sub(bias) - 1; // a return address: look up pc-1
-            let expect: Vec<(String, String, u32)> = group.iter().map(|f| (f.2.clone(), f.3.clone(), f.4)).collect();
+            let expect: Vec<(String, String, u32)> = group
+                .iter()
+                .map(|f| (f.2.clone(), f.3.clone(), f.4))
+                .collect();
             let got = sym.symbolize(&bin, &[pc]).unwrap().remove(0);
             let got: Vec<(String, String, u32)> = got
                 .unwrap_or_default()
                 .into_iter()
-                .map(|f| (name_for_print(&f.function), f.file.unwrap_or_default(), f.line.unwrap_or(0)))
+                .map(|f| {
+                    (
+                        name_for_print(&f.function),
+                        f.file.unwrap_or_default(),
+                        f.line.unwrap_or(0),
+                    )
+                })
                 .collect();
             if got != expect {
-                bad.push(format!("pc 0x{pc:x}:\n  ours    {got:?}\n  runtime {expect:?}"));
+                bad.push(format!(
+                    "pc 0x{pc:x}:\n  ours    {got:?}\n  runtime {expect:?}"
+                ));
             }
             checked += 1;
             deepest = deepest.max(group.len());
@@ -159,8 +237,16 @@ fn inline_chains(version: &str, variant: &str, exe: &Path) {
         }
     }
     eprintln!("go {version} {variant}: {checked} physical frames checked, deepest chain {deepest}");
-    assert!(bad.is_empty(), "go {version} {variant}: {} chains differ:\n{}", bad.len(), bad[..bad.len().min(10)].join("\n"));
-    assert!(checked > 50 && deepest >= 4, "fixture too shallow: {checked} frames, depth {deepest}");
+    assert!(
+        bad.is_empty(),
+        "go {version} {variant}: {} chains differ:\n{}",
+        bad.len(),
+        bad[..bad.len().min(10)].join("\n")
+    );
+    assert!(
+        checked > 50 && deepest >= 4,
+        "fixture too shallow: {checked} frames, depth {deepest}"
+    );
 }
 
 /// The runtime prints generic instantiations as `f[...]` (runtime.funcNameForPrint); we keep
@@ -182,7 +268,9 @@ fn check_version(version: &str, key: &str, family: GoFamily) {
         let table = GoTable::load(&bin).expect("pclntab");
         assert_eq!(table.family(), family);
         if *variant == "stripped" {
-            let syms = run(Command::new(tool("NM")).arg(&exe).stderr(std::process::Stdio::null()));
+            let syms = run(Command::new(tool("NM"))
+                .arg(&exe)
+                .stderr(std::process::Stdio::null()));
             assert!(syms.trim().is_empty(), "-s -w should leave no symbols");
         }
         if let Some(v) = symbolizer::gopclntab::go_version(&bin) {
@@ -190,8 +278,11 @@ fn check_version(version: &str, key: &str, family: GoFamily) {
         }
         // Go 1.19's own addr2line answers `?` for every PC of a 1.19 PIE binary (its
         // debug/gosym mishandles that layout); 1.21's reads the same table format correctly.
-        let (oracle, oracle_version) =
-            if version == "1.19" && *variant == "pie" { (tool("GO_1_21"), "1.21") } else { (go.clone(), version) };
+        let (oracle, oracle_version) = if version == "1.19" && *variant == "pie" {
+            (tool("GO_1_21"), "1.21")
+        } else {
+            (go.clone(), version)
+        };
         differential(oracle_version, &oracle, variant, &exe, 100 + i as u64);
         inline_chains(version, variant, &exe);
     }
@@ -228,12 +319,20 @@ fn mutated_pclntab_never_panics() {
     let exe = build("1.24", &go, "mutate", &["-ldflags=-s -w"]);
     let orig = std::fs::read(&exe).unwrap();
     let bin = Binary::open(&exe).unwrap();
-    let obj_text = bin.load_segments().iter().find(|s| s.executable).unwrap().p_vaddr;
+    let obj_text = bin
+        .load_segments()
+        .iter()
+        .find(|s| s.executable)
+        .unwrap()
+        .p_vaddr;
     // Find the table's file range through section headers with readelf.
     let sections = run(Command::new("readelf").arg("-SW").arg(&exe));
     let line = sections.lines().find(|l| l.contains(".gopclntab")).unwrap();
     let f: Vec<&str> = line.split(']').nth(1).unwrap().split_whitespace().collect();
-    let (off, size) = (usize::from_str_radix(f[3], 16).unwrap(), usize::from_str_radix(f[4], 16).unwrap());
+    let (off, size) = (
+        usize::from_str_radix(f[3], 16).unwrap(),
+        usize::from_str_radix(f[4], 16).unwrap(),
+    );
     let mut rng = Rng::new(9);
     let mut counts = BTreeMap::new();
     for round in 0..200 {
@@ -252,7 +351,9 @@ fn mutated_pclntab_never_panics() {
             }
             _ => bytes.truncate(off + rng.below(size as u64) as usize),
         }
-        let Ok(b) = Binary::from_bytes(bytes) else { continue };
+        let Ok(b) = Binary::from_bytes(bytes) else {
+            continue;
+        };
         let mut s = Symbolizer::new(SymbolizerConfig::default());
         let addrs: Vec<u64> = (0..300).map(|_| obj_text + rng.below(0x90000)).collect();
         for r in s.symbolize(&b, &addrs).unwrap_or_default() {
@@ -270,7 +371,12 @@ fn section_less_binaries() {
         ("1.19", "GO_1_19", "pie", &["-buildmode=pie"][..]),
         ("1.24", "GO_1_24", "stripped", &["-ldflags=-s -w"][..]),
         ("1.27", "GO_1_27", "stripped", &["-ldflags=-s -w"][..]),
-        ("1.27", "GO_1_27", "pie", &["-buildmode=pie", "-ldflags=-s -w"][..]),
+        (
+            "1.27",
+            "GO_1_27",
+            "pie",
+            &["-buildmode=pie", "-ldflags=-s -w"][..],
+        ),
     ] {
         let exe = build(version, &tool(key), &format!("noshdr-{variant}"), flags);
         let mut bytes = std::fs::read(&exe).unwrap();
@@ -284,12 +390,16 @@ fn section_less_binaries() {
         assert_eq!(ta.text_start(), tb.text_start(), "go {version} {variant}");
         let entries: Vec<u64> = ta.functions().map(|(e, _)| e).collect();
         let mut rng = Rng::new(5);
-        let addrs: Vec<u64> =
-            (0..2000).map(|_| entries[0] + rng.below(entries.last().unwrap() - entries[0])).collect();
+        let addrs: Vec<u64> = (0..2000)
+            .map(|_| entries[0] + rng.below(entries.last().unwrap() - entries[0]))
+            .collect();
         let mut s = Symbolizer::new(SymbolizerConfig::default());
         let ra = s.symbolize(&a, &addrs).unwrap();
         let rb = s.symbolize(&b, &addrs).unwrap();
-        let inl = ra.iter().filter(|r| r.as_ref().is_ok_and(|f| f.len() > 1)).count();
+        let inl = ra
+            .iter()
+            .filter(|r| r.as_ref().is_ok_and(|f| f.len() > 1))
+            .count();
         assert!(inl > 20, "go {version} {variant}: inline chains expected");
         for ((addr, x), y) in addrs.iter().zip(&ra).zip(&rb) {
             assert_eq!(x, y, "go {version} {variant} at {addr:#x}");
@@ -305,7 +415,10 @@ fn cgo_external_linking() {
         let go = tool(key);
         for (variant, flags) in [
             ("cgo-ext", &["-trimpath", "-ldflags=-linkmode=external"][..]),
-            ("cgo-ext-stripped", &["-trimpath", "-ldflags=-linkmode=external -s -w"][..]),
+            (
+                "cgo-ext-stripped",
+                &["-trimpath", "-ldflags=-linkmode=external -s -w"][..],
+            ),
         ] {
             let exe = build_from("go-cgo", version, &go, variant, flags);
             let bin = Binary::open(&exe).unwrap();
@@ -317,19 +430,39 @@ fn cgo_external_linking() {
                 .and_then(|l| l.split(']').nth(1))
                 .and_then(|l| u64::from_str_radix(l.split_whitespace().nth(2)?, 16).ok())
                 .unwrap();
-            eprintln!("go {version} {variant}: .text {text_addr:#x}, text base {:#x}", table.text_start());
-            assert!(table.text_start() > text_addr, "C code should precede Go text");
+            eprintln!(
+                "go {version} {variant}: .text {text_addr:#x}, text base {:#x}",
+                table.text_start()
+            );
+            assert!(
+                table.text_start() > text_addr,
+                "C code should precede Go text"
+            );
             // Go's addr2line bases a stripped, externally linked binary at `.text` (where the C
             // code starts) and so names the wrong functions. The unstripped build has the same
             // text bytes, so it serves as the oracle's input for the stripped one.
             let oracle = if variant == "cgo-ext-stripped" {
-                let plain = exe.parent().unwrap().parent().unwrap().join(format!("go-cgo-{version}-cgo-ext/fixture"));
+                let plain = exe
+                    .parent()
+                    .unwrap()
+                    .parent()
+                    .unwrap()
+                    .join(format!("go-cgo-{version}-cgo-ext/fixture"));
                 let text = |p: &Path| {
-                    let out = exe.with_file_name(format!("text-{}", p.parent().unwrap().file_name().unwrap().to_string_lossy()));
-                    run(Command::new(tool("OBJCOPY")).args(["-O", "binary", "--only-section=.text"]).arg(p).arg(&out));
+                    let out = exe.with_file_name(format!(
+                        "text-{}",
+                        p.parent().unwrap().file_name().unwrap().to_string_lossy()
+                    ));
+                    run(Command::new(tool("OBJCOPY"))
+                        .args(["-O", "binary", "--only-section=.text"])
+                        .arg(p)
+                        .arg(&out));
                     std::fs::read(out).unwrap()
                 };
-                assert!(text(&plain) == text(&exe), "stripped and unstripped builds differ in .text");
+                assert!(
+                    text(&plain) == text(&exe),
+                    "stripped and unstripped builds differ in .text"
+                );
                 plain
             } else {
                 exe.clone()
@@ -338,10 +471,17 @@ fn cgo_external_linking() {
             // The C function resolves through the symbol table or DWARF, not pclntab.
             if variant == "cgo-ext" {
                 let nm = run(Command::new(tool("NM")).arg(&exe));
-                let c = nm.lines().find(|l| l.ends_with(" c_entry")).expect("c_entry");
+                let c = nm
+                    .lines()
+                    .find(|l| l.ends_with(" c_entry"))
+                    .expect("c_entry");
                 let a = u64::from_str_radix(c.split(' ').next().unwrap(), 16).unwrap();
                 assert!(!table.covers(a));
-                let r = Symbolizer::new(SymbolizerConfig::default()).symbolize(&bin, &[a]).unwrap().remove(0).unwrap();
+                let r = Symbolizer::new(SymbolizerConfig::default())
+                    .symbolize(&bin, &[a])
+                    .unwrap()
+                    .remove(0)
+                    .unwrap();
                 assert_eq!(r.last().unwrap().function, "c_entry");
             }
         }

@@ -27,8 +27,13 @@ fn wait_with_usage(child: &mut Child) -> Result<Usage> {
     if pid < 0 {
         bail!("wait4: {}", std::io::Error::last_os_error());
     }
-    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
-    Ok(Usage { cpu: tv(ru.ru_utime) + tv(ru.ru_stime), max_rss_kib: ru.ru_maxrss })
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    Ok(Usage {
+        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+        max_rss_kib: ru.ru_maxrss,
+    })
 }
 
 /// utime + stime of a live process, from /proc/PID/stat.
@@ -45,7 +50,12 @@ fn proc_cpu(pid: u32) -> Option<Duration> {
 fn build_workload(dir: &Path) -> Result<PathBuf> {
     let exe = dir.join("workload");
     let src = workspace_root().join("xtask/bench/workload.c");
-    util::run(Command::new("gcc").args(["-O1", "-fno-omit-frame-pointer", "-g", "-o"]).arg(&exe).arg(&src))?;
+    util::run(
+        Command::new("gcc")
+            .args(["-O1", "-fno-omit-frame-pointer", "-g", "-o"])
+            .arg(&exe)
+            .arg(&src),
+    )?;
     Ok(exe)
 }
 
@@ -81,18 +91,30 @@ struct AgentRun {
 impl AgentRun {
     /// The number after `key` on the first log line containing every one of `needles`.
     fn field(&self, needles: &[&str], key: &str) -> Option<u64> {
-        let line = self.log.iter().find(|l| needles.iter().all(|n| l.contains(n)))?;
-        line.split_whitespace().find_map(|w| w.strip_prefix(key)?.parse().ok())
+        let line = self
+            .log
+            .iter()
+            .find(|l| needles.iter().all(|n| l.contains(n)))?;
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.parse().ok())
     }
 }
 
 fn profile_with_agent(exe: &Path, iterations: u64, hz: u64, out_dir: &Path) -> Result<AgentRun> {
-    run_agent_around(|| run_workload(exe, iterations), &["--frequency", &hz.to_string()], out_dir)
+    run_agent_around(
+        || run_workload(exe, iterations),
+        &["--frequency", &hz.to_string()],
+        out_dir,
+    )
 }
 
 /// Starts the agent, runs `workload` (which returns its wall seconds) once the agent is
 /// profiling, then stops the agent.
-fn run_agent_around(workload: impl FnOnce() -> Result<f64>, agent_args: &[&str], out_dir: &Path) -> Result<AgentRun> {
+fn run_agent_around(
+    workload: impl FnOnce() -> Result<f64>,
+    agent_args: &[&str],
+    out_dir: &Path,
+) -> Result<AgentRun> {
     let mut child = Command::new(agent_binary())
         .args(agent_args)
         .args(["--profile-interval", "10", "--output-dir"])
@@ -110,7 +132,12 @@ fn run_agent_around(workload: impl FnOnce() -> Result<f64>, agent_args: &[&str],
         }
     });
     let start = Instant::now();
-    while !log.lock().unwrap().iter().any(|l| l.contains("profiling started")) {
+    while !log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("profiling started"))
+    {
         if start.elapsed() > Duration::from_secs(60) {
             bail!("agent did not attach: {:?}", log.lock().unwrap());
         }
@@ -122,7 +149,14 @@ fn run_agent_around(workload: impl FnOnce() -> Result<f64>, agent_args: &[&str],
     let usage = wait_with_usage(&mut child)?;
     let _ = reader.join();
     let log = log.lock().unwrap().clone();
-    let mut run = AgentRun { usage, startup_cpu, workload_secs, bpf_ns_per_run: None, samples: None, log };
+    let mut run = AgentRun {
+        usage,
+        startup_cpu,
+        workload_secs,
+        bpf_ns_per_run: None,
+        samples: None,
+        log,
+    };
     run.bpf_ns_per_run = run.field(&["bpf program run time"], "ns_per_run=");
     run.samples = run.field(&[" totals "], "delivered=");
     Ok(run)
@@ -146,7 +180,8 @@ fn profile_with_perf(exe: &Path, iterations: u64, hz: u64, data: &Path) -> Resul
 struct BpfStats;
 impl BpfStats {
     fn enable() -> Result<BpfStats> {
-        std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling kernel.bpf_stats_enabled (needs root)")?;
+        std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
+            .context("enabling kernel.bpf_stats_enabled (needs root)")?;
         Ok(BpfStats)
     }
 }
@@ -176,13 +211,25 @@ fn label_capture_cost(dir: &Path, seconds: u64) -> Result<Vec<(&'static str, Opt
             .env("GOTOOLCHAIN", "local")
             .env("GOPROXY", "off")
             .env("CGO_ENABLED", "0")
-            .env("GOCACHE", format!("{home}/.cache/ebpf-profiler/gocache-bench")),
+            .env(
+                "GOCACHE",
+                format!("{home}/.cache/ebpf-profiler/gocache-bench"),
+            ),
     )?;
     let mut rows = Vec::new();
-    for (name, extra) in [("Go labels read", None), ("trace context off", Some("--no-trace-context"))] {
+    for (name, extra) in [
+        ("Go labels read", None),
+        ("trace context off", Some("--no-trace-context")),
+    ] {
         // The fixture waits for a stdin line; feed it at once and filter to its pid.
         let mut fixture = Command::new(&exe)
-            .args([&seconds.to_string(), &"a".repeat(32), &"1".repeat(16), &"b".repeat(32), &"2".repeat(16)])
+            .args([
+                &seconds.to_string(),
+                &"a".repeat(32),
+                &"1".repeat(16),
+                &"b".repeat(32),
+                &"2".repeat(16),
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()?;
@@ -207,8 +254,17 @@ fn label_capture_cost(dir: &Path, seconds: u64) -> Result<Vec<(&'static str, Opt
 
 /// Runs a stdin-gated fixture (`exe SECONDS`, waits for a line) under the agent filtered to
 /// its pid.
-fn profile_gated(exe: &Path, fixture_args: &[String], agent_args: &[&str], out_dir: &Path) -> Result<AgentRun> {
-    let mut fixture = Command::new(exe).args(fixture_args).stdin(Stdio::piped()).stdout(Stdio::null()).spawn()?;
+fn profile_gated(
+    exe: &Path,
+    fixture_args: &[String],
+    agent_args: &[&str],
+    out_dir: &Path,
+) -> Result<AgentRun> {
+    let mut fixture = Command::new(exe)
+        .args(fixture_args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()?;
     let pid = fixture.id().to_string();
     let mut args = vec!["--pid", pid.as_str()];
     args.extend_from_slice(agent_args);
@@ -255,14 +311,29 @@ struct UnwindCost {
 fn unwind_cost(dir: &Path, seconds: u64) -> Result<UnwindCost> {
     let exe = dir.join("qsort_chain");
     let src = workspace_root().join("profiler-agent/tests/fixtures/qsort_chain.c");
-    util::run(Command::new("gcc").args(["-O2", "-fomit-frame-pointer", "-o"]).arg(&exe).arg(&src))?;
+    util::run(
+        Command::new("gcc")
+            .args(["-O2", "-fomit-frame-pointer", "-o"])
+            .arg(&exe)
+            .arg(&src),
+    )?;
     let profiles = dir.join("profiles-unwind");
     let secs = [seconds.to_string()];
     let tables = profile_gated(&exe, &secs, &["--frequency", "99"], &profiles)?;
-    let fp = profile_gated(&exe, &secs, &["--frequency", "99", "--no-unwind-tables"], &profiles)?;
+    let fp = profile_gated(
+        &exe,
+        &secs,
+        &["--frequency", "99", "--no-unwind-tables"],
+        &profiles,
+    )?;
     let deep_exe = dir.join("deep_stack");
     let src = workspace_root().join("profiler-agent/tests/fixtures/deep_stack.c");
-    util::run(Command::new("gcc").args(["-O2", "-fomit-frame-pointer", "-o"]).arg(&deep_exe).arg(&src))?;
+    util::run(
+        Command::new("gcc")
+            .args(["-O2", "-fomit-frame-pointer", "-o"])
+            .arg(&deep_exe)
+            .arg(&src),
+    )?;
     let mut deep = Vec::new();
     for frames in [32u64, 64, 127] {
         // spin, recurse() x (depth + 1), main, __libc_start_call_main, __libc_start_main and
@@ -270,8 +341,17 @@ fn unwind_cost(dir: &Path, seconds: u64) -> Result<UnwindCost> {
         let depth = if frames == 127 { 200 } else { frames - 6 };
         let args = [seconds.to_string(), depth.to_string()];
         let with = profile_gated(&deep_exe, &args, &["--frequency", "99"], &profiles)?;
-        let without = profile_gated(&deep_exe, &args, &["--frequency", "99", "--no-unwind-tables"], &profiles)?;
-        deep.push((frames, with.bpf_ns_per_sample(), without.bpf_ns_per_sample()));
+        let without = profile_gated(
+            &deep_exe,
+            &args,
+            &["--frequency", "99", "--no-unwind-tables"],
+            &profiles,
+        )?;
+        deep.push((
+            frames,
+            with.bpf_ns_per_sample(),
+            without.bpf_ns_per_sample(),
+        ));
     }
     // Host-wide, only to measure the start: tables for every running process, with a
     // population of 120 extra processes from a few binaries, as on a busy node.
@@ -281,7 +361,11 @@ fn unwind_cost(dir: &Path, seconds: u64) -> Result<UnwindCost> {
         Ok(0.0)
     };
     let host = run_agent_around(idle, &["--frequency", "19"], &profiles)?;
-    let host_fp = run_agent_around(idle, &["--frequency", "19", "--no-unwind-tables"], &profiles)?;
+    let host_fp = run_agent_around(
+        idle,
+        &["--frequency", "19", "--no-unwind-tables"],
+        &profiles,
+    )?;
     Ok(UnwindCost {
         with_tables_ns: tables.bpf_ns_per_sample(),
         frame_pointers_ns: fp.bpf_ns_per_sample(),
@@ -350,7 +434,11 @@ pub fn run(seconds: u64, frequencies: &[u64]) -> Result<()> {
     let per_iter = run_workload(&exe, probe)? / probe as f64;
     let iterations = ((seconds as f64 / per_iter) as u64).max(1);
     step(&format!("baseline: {iterations} iterations, 3 runs"));
-    let baseline = median((0..3).map(|_| run_workload(&exe, iterations)).collect::<Result<Vec<_>>>()?);
+    let baseline = median(
+        (0..3)
+            .map(|_| run_workload(&exe, iterations))
+            .collect::<Result<Vec<_>>>()?,
+    );
 
     let _stats = BpfStats::enable()?;
     let mut rows = Vec::new();
@@ -392,13 +480,19 @@ pub fn run(seconds: u64, frequencies: &[u64]) -> Result<()> {
     println!("| mode | BPF ns/sample |");
     println!("|---|---:|");
     for (name, ns) in label_rows {
-        println!("| {name} | {} |", ns.map(|n| n.to_string()).unwrap_or_else(|| "n/a".into()));
+        println!(
+            "| {name} | {} |",
+            ns.map(|n| n.to_string()).unwrap_or_else(|| "n/a".into())
+        );
     }
     println!("\nUser-stack unwinding at 99 Hz on C built with -O2 -fomit-frame-pointer (main -> outer -> middle -> leaf -> libc qsort -> callback), BPF run time over samples taken:\n");
     println!("| mode | BPF ns/sample |");
     println!("|---|---:|");
     println!("| .eh_frame tables | {} |", or_na(unwind.with_tables_ns));
-    println!("| frame pointers only (--no-unwind-tables) | {} |", or_na(unwind.frame_pointers_ns));
+    println!(
+        "| frame pointers only (--no-unwind-tables) | {} |",
+        or_na(unwind.frame_pointers_ns)
+    );
     println!("\nBPF ns/sample by user-stack depth (C recursion, -O2 -fomit-frame-pointer; without tables the walk stops after a frame or two):\n");
     println!("| user frames | .eh_frame tables | frame pointers only |");
     println!("|---:|---:|---:|");

@@ -86,7 +86,10 @@ fn main() -> Result<()> {
             setup::test_tools()?;
             fuzz::run_targets(&targets, seconds)
         }
-        Cmd::Bench { seconds, frequencies } => {
+        Cmd::Bench {
+            seconds,
+            frequencies,
+        } => {
             setup::build_prerequisites()?;
             setup::test_tools()?;
             util::cargo(&["build", "--release", "-p", "profiler-agent"])?;

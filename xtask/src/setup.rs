@@ -16,30 +16,52 @@ fn home() -> PathBuf {
 
 /// rust-src for `-Z build-std=core`, and a bpf-linker on the same LLVM major as nightly rustc.
 pub fn build_prerequisites() -> Result<()> {
-    let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).context("rustup is required")?;
+    let toolchains =
+        output(Command::new("rustup").args(["toolchain", "list"])).context("rustup is required")?;
     if !toolchains.lines().any(|l| l.starts_with(EBPF_TOOLCHAIN)) {
         bail!("the `{EBPF_TOOLCHAIN}` toolchain is missing; install it with rustup (this project never runs `rustup update`)");
     }
-    let components = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", EBPF_TOOLCHAIN])).unwrap_or_default();
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        EBPF_TOOLCHAIN,
+    ]))
+    .unwrap_or_default();
     if components.lines().any(|l| l.starts_with("rust-src")) {
         step("rust-src (nightly): present");
     } else {
         step("installing rust-src for nightly");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", EBPF_TOOLCHAIN]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ]))?;
     }
     ensure_bpf_linker()
 }
 
 /// The libLLVM shipped inside the nightly toolchain, with its major version.
 fn rustc_llvm() -> Result<(PathBuf, String, u32)> {
-    let sysroot = output(Command::new("rustc").arg(format!("+{EBPF_TOOLCHAIN}")).args(["--print", "sysroot"]))
-        .context("cannot run nightly rustc")?;
+    let sysroot = output(
+        Command::new("rustc")
+            .arg(format!("+{EBPF_TOOLCHAIN}"))
+            .args(["--print", "sysroot"]),
+    )
+    .context("cannot run nightly rustc")?;
     let lib = PathBuf::from(sysroot.trim()).join("lib");
     for entry in fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
         let name = entry?.file_name().to_string_lossy().into_owned();
         // e.g. libLLVM.so.22.1-rust-1.97.0-nightly
         if let Some(rest) = name.strip_prefix("libLLVM.so.") {
-            let major = rest.split('.').next().and_then(|m| m.parse().ok()).context("unexpected libLLVM name")?;
+            let major = rest
+                .split('.')
+                .next()
+                .and_then(|m| m.parse().ok())
+                .context("unexpected libLLVM name")?;
             return Ok((lib.join(&name), name, major));
         }
     }
@@ -55,7 +77,8 @@ fn ensure_bpf_linker() -> Result<()> {
     for link in [libdir.join("libLLVM.so"), libdir.join(&llvm_name)] {
         if fs::read_link(&link).ok().as_deref() != Some(llvm_file.as_path()) {
             let _ = fs::remove_file(&link);
-            std::os::unix::fs::symlink(&llvm_file, &link).with_context(|| format!("symlinking {}", link.display()))?;
+            std::os::unix::fs::symlink(&llvm_file, &link)
+                .with_context(|| format!("symlinking {}", link.display()))?;
         }
     }
     let working = output(Command::new("bpf-linker").arg("--version"))
@@ -64,10 +87,18 @@ fn ensure_bpf_linker() -> Result<()> {
         step(&format!("bpf-linker {BPF_LINKER_VERSION}: present"));
         return Ok(());
     }
-    step(&format!("building bpf-linker {BPF_LINKER_VERSION} against rustc's LLVM {major} (about a minute)"));
-    run(Command::new("cargo")
-        .env("LLVM_PREFIX", &prefix)
-        .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--force", "--no-default-features", "--features", &format!("llvm-{major}")]))?;
+    step(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against rustc's LLVM {major} (about a minute)"
+    ));
+    run(Command::new("cargo").env("LLVM_PREFIX", &prefix).args([
+        "install",
+        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        "--locked",
+        "--force",
+        "--no-default-features",
+        "--features",
+        &format!("llvm-{major}"),
+    ]))?;
     if output(Command::new("bpf-linker").arg("--version")).is_none() {
         bail!("bpf-linker was installed but does not start; is ~/.cargo/bin on PATH?");
     }
@@ -79,7 +110,11 @@ fn ensure_bpf_linker() -> Result<()> {
 pub fn test_tools() -> Result<()> {
     step("test tools: gcc, llvm-19, Go toolchains (idempotent)");
     let script = workspace_root().join("symbolizer/tests/support/ensure-tools.sh");
-    let out = Command::new("bash").arg(&script).arg("all").output().with_context(|| format!("running {}", script.display()))?;
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("all")
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
         bail!("{} failed", script.display());

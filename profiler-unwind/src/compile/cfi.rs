@@ -4,12 +4,12 @@
 use super::layout::Span;
 use super::{CompileOptions, CompileStats, Error, SectionAddrs};
 use gimli::{
-    BaseAddresses, CfaRule, CieOrFde, CommonInformationEntry, DebugFrame, EhFrame, EndianSlice, LittleEndian,
-    RegisterRule, UnwindContext, UnwindOffset, UnwindSection, UnwindTableRow, X86_64,
+    BaseAddresses, CfaRule, CieOrFde, CommonInformationEntry, DebugFrame, EhFrame, EndianSlice,
+    LittleEndian, RegisterRule, UnwindContext, UnwindOffset, UnwindSection, UnwindTableRow, X86_64,
 };
 use profiler_common::unwind::{
-    UnwindRow, CFA_END_OF_STACK, CFA_PLT, CFA_RBP, CFA_RSP, CFA_SIGNAL_FRAME, CFA_UNSUPPORTED, RBP_AT_CFA,
-    RBP_UNCHANGED,
+    UnwindRow, CFA_END_OF_STACK, CFA_PLT, CFA_RBP, CFA_RSP, CFA_SIGNAL_FRAME, CFA_UNSUPPORTED,
+    RBP_AT_CFA, RBP_UNCHANGED,
 };
 use std::collections::HashMap;
 
@@ -89,10 +89,13 @@ fn collect_from<'a, S: UnwindSection<Reader<'a>>>(
             CieOrFde::Fde(partial) => partial,
         };
         stats.fdes += 1;
-        let fde = partial.parse(|section, bases, offset| match cies.get(&UnwindOffset::into(offset)) {
-            Some(cie) => Ok(cie.clone()),
-            None => section.cie_from_offset(bases, offset),
-        });
+        let fde =
+            partial.parse(
+                |section, bases, offset| match cies.get(&UnwindOffset::into(offset)) {
+                    Some(cie) => Ok(cie.clone()),
+                    None => section.cie_from_offset(bases, offset),
+                },
+            );
         let Some(fde) = fde.ok().filter(|fde| fde.cie().entry_len() <= MAX_CIE_LEN) else {
             stats.bad_fdes += 1;
             continue;
@@ -117,7 +120,11 @@ fn collect_from<'a, S: UnwindSection<Reader<'a>>>(
                     unsupported.push(why);
                     UnwindRow::new(0, CFA_UNSUPPORTED, 0, RBP_UNCHANGED, 0)
                 });
-                fde_spans.push(Span { start: row.start_address(), end: row.end_address(), rule });
+                fde_spans.push(Span {
+                    start: row.start_address(),
+                    end: row.end_address(),
+                    rule,
+                });
             }
             Ok(())
         })();
@@ -134,11 +141,19 @@ fn collect_from<'a, S: UnwindSection<Reader<'a>>>(
             continue;
         }
         if spans.len() + fde_spans.len() > span_limit {
-            return Err(Error::TooManyRows { limit: opts.max_rows });
+            return Err(Error::TooManyRows {
+                limit: opts.max_rows,
+            });
         }
         stats.cfi_rows += fde_spans.len();
-        stats.plt_rows += fde_spans.iter().filter(|s| s.rule.cfa_kind() == CFA_PLT).count();
-        stats.signal_frame_rows += fde_spans.iter().filter(|s| s.rule.cfa_kind() == CFA_SIGNAL_FRAME).count();
+        stats.plt_rows += fde_spans
+            .iter()
+            .filter(|s| s.rule.cfa_kind() == CFA_PLT)
+            .count();
+        stats.signal_frame_rows += fde_spans
+            .iter()
+            .filter(|s| s.rule.cfa_kind() == CFA_SIGNAL_FRAME)
+            .count();
         for why in &unsupported {
             let counter = match why {
                 Unsupported::CfaExpression => &mut stats.unsupported.cfa_expression,
@@ -177,7 +192,9 @@ fn rule_of<'a, S: UnwindSection<Reader<'a>>>(
     // The return address column: undefined marks the outermost frame; anything but
     // "saved at CFA - 8" breaks the assumption every row relies on.
     match row.register(X86_64::RA) {
-        Some(RegisterRule::Undefined) => return Ok(UnwindRow::new(0, CFA_END_OF_STACK, 0, RBP_UNCHANGED, 0)),
+        Some(RegisterRule::Undefined) => {
+            return Ok(UnwindRow::new(0, CFA_END_OF_STACK, 0, RBP_UNCHANGED, 0))
+        }
         Some(RegisterRule::Offset(-8)) => {}
         _ => return Err(Unsupported::ReturnAddress),
     }
@@ -188,22 +205,33 @@ fn rule_of<'a, S: UnwindSection<Reader<'a>>>(
                 X86_64::RBP => CFA_RBP,
                 _ => return Err(Unsupported::CfaRegister),
             };
-            (kind, u64::try_from(*offset).map_err(|_| Unsupported::CfaOffset)?)
+            (
+                kind,
+                u64::try_from(*offset).map_err(|_| Unsupported::CfaOffset)?,
+            )
         }
         CfaRule::Expression(expr) => {
-            let threshold = expr.get(section).ok().and_then(|e| plt_threshold(e.0.slice()));
-            (CFA_PLT, u64::from(threshold.ok_or(Unsupported::CfaExpression)?))
+            let threshold = expr
+                .get(section)
+                .ok()
+                .and_then(|e| plt_threshold(e.0.slice()));
+            (
+                CFA_PLT,
+                u64::from(threshold.ok_or(Unsupported::CfaExpression)?),
+            )
         }
     };
     // Callee-saved rbp: no rule (or same value) means it still holds the caller's value.
     let (rbp_kind, rbp_offset) = match row.register(X86_64::RBP) {
         None | Some(RegisterRule::SameValue) | Some(RegisterRule::Undefined) => (RBP_UNCHANGED, 0),
-        Some(RegisterRule::Offset(off)) if off % 8 == 0 => {
-            (RBP_AT_CFA, i8::try_from(off / 8).map_err(|_| Unsupported::Rbp)?)
-        }
+        Some(RegisterRule::Offset(off)) if off % 8 == 0 => (
+            RBP_AT_CFA,
+            i8::try_from(off / 8).map_err(|_| Unsupported::Rbp)?,
+        ),
         Some(_) => return Err(Unsupported::Rbp),
     };
-    UnwindRow::with_cfa_offset(0, cfa_kind, cfa_offset, rbp_kind, rbp_offset).ok_or(Unsupported::CfaOffset)
+    UnwindRow::with_cfa_offset(0, cfa_kind, cfa_offset, rbp_kind, rbp_offset)
+        .ok_or(Unsupported::CfaOffset)
 }
 
 /// Recognizes the CFA expression that linkers emit for PLT entries:

@@ -49,7 +49,9 @@ const MAX_DEBUG_FRAME: u64 = 256 << 20;
 fn executable_range(file: &object::File<'_>) -> Option<Range<u64>> {
     let mut range: Option<Range<u64>> = None;
     for seg in file.segments() {
-        let SegmentFlags::Elf { p_flags } = seg.flags() else { continue };
+        let SegmentFlags::Elf { p_flags } = seg.flags() else {
+            continue;
+        };
         if p_flags & object::elf::PF_X == 0 {
             continue;
         }

@@ -13,15 +13,32 @@ const FRAME_SETUP: [u8; 4] = [0x55, 0x48, 0x89, 0xe5];
 
 /// Marks `asmcgocall` in a Go binary; other binaries are left alone.
 pub(super) fn mark_stack_switches(file: &object::File<'_>, table: &mut CompiledTable) {
-    let Some(sym) = file.symbols().find(|s| s.name() == Ok("runtime.asmcgocall.abi0")) else { return };
+    let Some(sym) = file
+        .symbols()
+        .find(|s| s.name() == Ok("runtime.asmcgocall.abi0"))
+    else {
+        return;
+    };
     let (start, size) = (sym.address(), sym.size());
-    let Some(section) = sym.section_index().and_then(|i| file.section_by_index(i).ok()) else { return };
+    let Some(section) = sym
+        .section_index()
+        .and_then(|i| file.section_by_index(i).ok())
+    else {
+        return;
+    };
     // Older or unexpected code without the frame setup keeps its CFI rows.
-    if section.data_range(start, FRAME_SETUP.len() as u64).ok().flatten() != Some(&FRAME_SETUP[..]) {
+    if section
+        .data_range(start, FRAME_SETUP.len() as u64)
+        .ok()
+        .flatten()
+        != Some(&FRAME_SETUP[..])
+    {
         return;
     }
     // From just after the setup to the end: the function's calls return within this range.
-    let Some(end) = start.checked_add(size) else { return };
+    let Some(end) = start.checked_add(size) else {
+        return;
+    };
     if replace_range(table, start + FRAME_SETUP.len() as u64, end) {
         table.stats.stack_switch_functions += 1;
     }
@@ -31,13 +48,20 @@ pub(super) fn mark_stack_switches(file: &object::File<'_>, table: &mut CompiledT
 /// at `end`. False when the range is outside what the table can address.
 fn replace_range(table: &mut CompiledTable, start: u64, end: u64) -> bool {
     let rel = |addr: u64| u32::try_from(addr.checked_sub(table.pc_base)?).ok();
-    let (Some(s), Some(e)) = (rel(start), rel(end)) else { return false };
+    let (Some(s), Some(e)) = (rel(start), rel(end)) else {
+        return false;
+    };
     if s >= e || table.rows.is_empty() {
         return false;
     }
-    let after = UnwindRow { pc: e, ..table.lookup(end) };
+    let after = UnwindRow {
+        pc: e,
+        ..table.lookup(end)
+    };
     table.rows.retain(|r| r.pc < s || r.pc >= e);
-    table.rows.push(UnwindRow::new(s, CFA_STACK_SWITCH, 0, RBP_UNCHANGED, 0));
+    table
+        .rows
+        .push(UnwindRow::new(s, CFA_STACK_SWITCH, 0, RBP_UNCHANGED, 0));
     if !table.rows.iter().any(|r| r.pc == e) {
         table.rows.push(after);
     }
@@ -55,17 +79,34 @@ mod tests {
         let rsp = |pc, off| UnwindRow::new(pc, CFA_RSP, off, RBP_UNCHANGED, 0);
         let mut table = CompiledTable {
             pc_base: 0x1000,
-            rows: vec![rsp(0, 8), rsp(0x10, 16), rsp(0x20, 24), UnwindRow::new(0x40, CFA_NOT_COVERED, 0, 0, 0)],
+            rows: vec![
+                rsp(0, 8),
+                rsp(0x10, 16),
+                rsp(0x20, 24),
+                UnwindRow::new(0x40, CFA_NOT_COVERED, 0, 0, 0),
+            ],
             ..Default::default()
         };
         assert!(replace_range(&mut table, 0x1014, 0x1028));
         let kinds: Vec<(u32, u8)> = table.rows.iter().map(|r| (r.pc, r.cfa_kind())).collect();
-        assert_eq!(kinds, [(0, CFA_RSP), (0x10, CFA_RSP), (0x14, CFA_STACK_SWITCH), (0x28, CFA_RSP), (0x40, CFA_NOT_COVERED)]);
+        assert_eq!(
+            kinds,
+            [
+                (0, CFA_RSP),
+                (0x10, CFA_RSP),
+                (0x14, CFA_STACK_SWITCH),
+                (0x28, CFA_RSP),
+                (0x40, CFA_NOT_COVERED)
+            ]
+        );
         assert_eq!(table.lookup(0x1028).cfa_offset, 24);
         assert_eq!(table.lookup(0x1013).cfa_offset, 16);
         // Past the end of the table: the sentinel follows.
         assert!(replace_range(&mut table, 0x1030, 0x1050));
-        assert_eq!(table.rows.last().map(|r| (r.pc, r.cfa_kind())), Some((0x50, CFA_NOT_COVERED)));
+        assert_eq!(
+            table.rows.last().map(|r| (r.pc, r.cfa_kind())),
+            Some((0x50, CFA_NOT_COVERED))
+        );
         assert!(!replace_range(&mut table, 0x10, 0x20));
     }
 }

@@ -20,7 +20,10 @@ const MAX_PADDING: u64 = 16;
 const NOT_COVERED: UnwindRow = UnwindRow::new(0, CFA_NOT_COVERED, 0, RBP_UNCHANGED, 0);
 
 /// Returns `(pc_base, rows)`. Where FDEs overlap, the one starting first wins.
-pub(super) fn lay_out(mut spans: Vec<Span>, max_rows: usize) -> Result<(u64, Vec<UnwindRow>), Error> {
+pub(super) fn lay_out(
+    mut spans: Vec<Span>,
+    max_rows: usize,
+) -> Result<(u64, Vec<UnwindRow>), Error> {
     spans.retain(|s| s.start < s.end);
     // Stable: rows of one FDE keep their order.
     spans.sort_by_key(|s| s.start);
@@ -84,16 +87,27 @@ mod tests {
             span(0x2000, 0x2010, rsp(8)),
             span(0x1000, 0x1001, rsp(8)),
             span(0x1001, 0x1004, rsp(16)),
-            span(0x1004, 0x1010, UnwindRow::new(0, CFA_RSP, 16, RBP_AT_CFA, -2)),
+            span(
+                0x1004,
+                0x1010,
+                UnwindRow::new(0, CFA_RSP, 16, RBP_AT_CFA, -2),
+            ),
             // Next function starts right away with the same rule as the last: merged.
-            span(0x1010, 0x1020, UnwindRow::new(0, CFA_RSP, 16, RBP_AT_CFA, -2)),
+            span(
+                0x1010,
+                0x1020,
+                UnwindRow::new(0, CFA_RSP, 16, RBP_AT_CFA, -2),
+            ),
             span(0x1020, 0x1020, rsp(99)), // empty: dropped
             // After 15 bytes of padding: no gap row, the previous rule stretches over it.
             span(0x201f, 0x2040, rsp(24)),
         ];
         let (base, rows) = lay_out(spans, 100).unwrap();
         assert_eq!(base, 0x1000);
-        let got: Vec<(u32, u8, u16)> = rows.iter().map(|r| (r.pc, r.cfa_kind(), r.cfa_offset)).collect();
+        let got: Vec<(u32, u8, u16)> = rows
+            .iter()
+            .map(|r| (r.pc, r.cfa_kind(), r.cfa_offset))
+            .collect();
         assert_eq!(
             got,
             [
@@ -110,12 +124,18 @@ mod tests {
 
     #[test]
     fn overlaps_and_limits() {
-        let spans =
-            vec![span(0x100, 0x200, rsp(8)), span(0x180, 0x280, rsp(16)), span(0x190, 0x1a0, rsp(24))];
+        let spans = vec![
+            span(0x100, 0x200, rsp(8)),
+            span(0x180, 0x280, rsp(16)),
+            span(0x190, 0x1a0, rsp(24)),
+        ];
         let (_, rows) = lay_out(spans.clone(), 100).unwrap();
         let got: Vec<(u32, u16)> = rows.iter().map(|r| (r.pc, r.cfa_offset)).collect();
         assert_eq!(got, [(0, 8), (0x100, 16), (0x180, 0)]);
-        assert!(matches!(lay_out(spans, 2), Err(Error::TooManyRows { limit: 2 })));
+        assert!(matches!(
+            lay_out(spans, 2),
+            Err(Error::TooManyRows { limit: 2 })
+        ));
         let far = vec![span(0, 1, rsp(8)), span(1 << 33, (1 << 33) + 1, rsp(8))];
         assert!(matches!(lay_out(far, 100), Err(Error::CodeTooLarge { .. })));
         assert_eq!(lay_out(Vec::new(), 100).unwrap().1, []);

@@ -106,7 +106,10 @@ pub struct CompiledTable {
 impl CompiledTable {
     /// The row covering an ELF vaddr; a `CFA_NOT_COVERED` row outside the table.
     pub fn lookup(&self, vaddr: u64) -> UnwindRow {
-        table_pc(self.pc_base, vaddr).and_then(|pc| find_row(&self.rows, pc)).copied().unwrap_or_default()
+        table_pc(self.pc_base, vaddr)
+            .and_then(|pc| find_row(&self.rows, pc))
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Metadata for the kernel when the rows are stored from index `first_row` on.
@@ -153,10 +156,16 @@ fn compile_sections(
     for &(data, kind) in sections {
         let more = cfi::collect_spans(data, kind, addrs, opts, &mut stats)?;
         if spans.len() + more.len() > opts.max_rows.saturating_mul(4) {
-            return Err(Error::TooManyRows { limit: opts.max_rows });
+            return Err(Error::TooManyRows {
+                limit: opts.max_rows,
+            });
         }
         spans.extend(more);
     }
     let (pc_base, rows) = layout::lay_out(spans, opts.max_rows)?;
-    Ok(CompiledTable { pc_base, rows, stats })
+    Ok(CompiledTable {
+        pc_base,
+        rows,
+        stats,
+    })
 }

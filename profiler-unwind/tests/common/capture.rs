@@ -52,7 +52,8 @@ pub fn capture(pid: i32) -> io::Result<Capture> {
 fn stopped_state(pid: i32) -> io::Result<Capture> {
     let mut status = 0;
     // SAFETY: `status` is a valid out-pointer for the duration of the call.
-    if unsafe { libc::waitpid(pid, &mut status, libc::__WALL) } != pid || !libc::WIFSTOPPED(status) {
+    if unsafe { libc::waitpid(pid, &mut status, libc::__WALL) } != pid || !libc::WIFSTOPPED(status)
+    {
         return Err(io::Error::other(format!("waitpid: status {status:#x}")));
     }
     // SAFETY: user_regs_struct is plain integers, so all-zero is a valid value.
@@ -61,7 +62,11 @@ fn stopped_state(pid: i32) -> io::Result<Capture> {
     if unsafe { libc::ptrace(libc::PTRACE_GETREGS, pid, 0usize, &mut raw as *mut _) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let regs = Regs { rip: raw.rip, rsp: raw.rsp, rbp: raw.rbp };
+    let regs = Regs {
+        rip: raw.rip,
+        rsp: raw.rsp,
+        rbp: raw.rbp,
+    };
     let maps = read_maps(pid)?;
     let stack_map = maps
         .iter()
@@ -73,7 +78,12 @@ fn stopped_state(pid: i32) -> io::Result<Capture> {
     let len = (stack_map.end - start).min(MAX_STACK + RED_ZONE);
     let mut stack = vec![0u8; len as usize];
     std::fs::File::open(format!("/proc/{pid}/mem"))?.read_exact_at(&mut stack, start)?;
-    Ok(Capture { regs, stack_start: start, stack, maps })
+    Ok(Capture {
+        regs,
+        stack_start: start,
+        stack,
+        maps,
+    })
 }
 
 pub fn read_maps(pid: i32) -> io::Result<Vec<Mapping>> {
@@ -81,13 +91,22 @@ pub fn read_maps(pid: i32) -> io::Result<Vec<Mapping>> {
     let mut maps = Vec::new();
     for line in text.lines() {
         let mut fields = line.split_whitespace();
-        let (Some(range), Some(perms), Some(offset), Some(_dev), Some(_inode)) =
-            (fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
-        else {
+        let (Some(range), Some(perms), Some(offset), Some(_dev), Some(_inode)) = (
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+        ) else {
             continue;
         };
-        let path = fields.next().filter(|p| p.starts_with('/')).map(str::to_owned);
-        let Some((start, end)) = range.split_once('-') else { continue };
+        let path = fields
+            .next()
+            .filter(|p| p.starts_with('/'))
+            .map(str::to_owned);
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
         let hex = |s: &str| u64::from_str_radix(s, 16).map_err(io::Error::other);
         maps.push(Mapping {
             start: hex(start)?,
@@ -113,10 +132,19 @@ impl Drop for Running {
 /// Runs `exe` and captures it `samples` times, 5-30 ms apart at random.
 pub fn sample_process(exe: &std::path::Path, samples: usize) -> Vec<Capture> {
     use std::time::{Duration, SystemTime};
-    let child = Running(std::process::Command::new(exe).stdout(std::process::Stdio::null()).spawn().unwrap());
+    let child = Running(
+        std::process::Command::new(exe)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let pid = child.0.id() as i32;
     std::thread::sleep(Duration::from_millis(50));
-    let mut seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let mut seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
     (0..samples)
         .map(|_| {
             // xorshift: sample times differ between runs without a rand dependency.

@@ -6,11 +6,20 @@ use std::process::Command;
 /// C without frame pointers (gcc's -O2 default, spelled out).
 pub const OMIT_FP: &[&str] = &["-O2", "-g", "-fomit-frame-pointer"];
 /// No CFI at all, but frame pointers: the walker must bridge such code with the rbp chain.
-pub const FP_NO_CFI: &[&str] =
-    &["-O2", "-fno-omit-frame-pointer", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables"];
+pub const FP_NO_CFI: &[&str] = &[
+    "-O2",
+    "-fno-omit-frame-pointer",
+    "-fno-asynchronous-unwind-tables",
+    "-fno-unwind-tables",
+];
 /// CFI only in `.debug_frame` (the C runtime still brings some `.eh_frame`).
-pub const DEBUG_FRAME_ONLY: &[&str] =
-    &["-O2", "-g", "-fomit-frame-pointer", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables"];
+pub const DEBUG_FRAME_ONLY: &[&str] = &[
+    "-O2",
+    "-g",
+    "-fomit-frame-pointer",
+    "-fno-asynchronous-unwind-tables",
+    "-fno-unwind-tables",
+];
 /// A Rust release build without frame pointers.
 pub const RUST_NO_FP: &[&str] = &["-C", "opt-level=2", "-C", "force-frame-pointers=no"];
 
@@ -24,7 +33,9 @@ pub fn build(name: &str, units: &[(&str, &[&str])]) -> PathBuf {
 
 /// [`build`] with extra link flags (`-no-pie`, `-static`).
 pub fn build_linked(name: &str, units: &[(&str, &[&str])], link_flags: &[&str]) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("unwind-fixtures").join(name);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("unwind-fixtures")
+        .join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let mut objects = Vec::new();
     for (source, flags) in units {
@@ -38,21 +49,35 @@ pub fn build_linked(name: &str, units: &[(&str, &[&str])], link_flags: &[&str]) 
         objects.push(obj);
     }
     let exe = dir.join(name);
-    run(Command::new("gcc").args(&objects).args(link_flags).arg("-o").arg(&exe));
+    run(Command::new("gcc")
+        .args(&objects)
+        .args(link_flags)
+        .arg("-o")
+        .arg(&exe));
     exe
 }
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Compiles a single-file Rust program with rustc (the one cargo uses).
 pub fn build_rust(name: &str, source: &str, flags: &[&str]) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("unwind-fixtures").join(name);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("unwind-fixtures")
+        .join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let exe = dir.join(name);
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
-    run(Command::new(rustc).args(flags).arg(Path::new(FIXTURES).join(source)).arg("-o").arg(&exe));
+    run(Command::new(rustc)
+        .args(flags)
+        .arg(Path::new(FIXTURES).join(source))
+        .arg("-o")
+        .arg(&exe));
     exe
 }

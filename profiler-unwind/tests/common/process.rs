@@ -7,8 +7,9 @@ use super::capture::{Capture, Mapping};
 use super::replay::Replay;
 use object::{Object, ObjectSegment};
 use profiler_unwind::{
-    compile_elf, load_segments, lookup_row, lpm_blocks, mapping_bias, unwind, CompileOptions, CompiledTable,
-    LoadSegment, MappingKey, StopReason, UnwindMapping, UnwindRow, UnwindTableInfo, Unwound, NO_TABLE,
+    compile_elf, load_segments, lookup_row, lpm_blocks, mapping_bias, unwind, CompileOptions,
+    CompiledTable, LoadSegment, MappingKey, StopReason, UnwindMapping, UnwindRow, UnwindTableInfo,
+    Unwound, NO_TABLE,
 };
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -37,7 +38,12 @@ impl Binary {
             })
             .collect();
         let load_segments = load_segments(&data).unwrap();
-        Binary { table, segments, load_segments, symbols: nm_symbols(path) }
+        Binary {
+            table,
+            segments,
+            load_segments,
+            symbols: nm_symbols(path),
+        }
     }
 
     fn file_offset_to_vaddr(&self, off: u64) -> Option<u64> {
@@ -64,7 +70,9 @@ fn nm_symbols(path: &str) -> Vec<(u64, String)> {
         let out = cmd.arg(path).output().unwrap();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let mut it = line.split_whitespace();
-            let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else { continue };
+            let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
+                continue;
+            };
             if !matches!(kind, "t" | "T" | "W" | "i") {
                 continue;
             }
@@ -97,8 +105,14 @@ impl Trie {
     fn longest_match(&self, pid: u32, addr: u64) -> Option<UnwindMapping> {
         (32..=MappingKey::BITS).rev().find_map(|prefix| {
             let addr_bits = prefix - 32;
-            let mask = if addr_bits == 0 { 0 } else { u64::MAX << (64 - addr_bits) };
-            self.0.get(&(prefix, MappingKey::new(pid, addr & mask))).copied()
+            let mask = if addr_bits == 0 {
+                0
+            } else {
+                u64::MAX << (64 - addr_bits)
+            };
+            self.0
+                .get(&(prefix, MappingKey::new(pid, addr & mask)))
+                .copied()
         })
     }
 }
@@ -114,12 +128,17 @@ pub struct Stack {
 impl Binaries {
     /// The function containing `vaddr` in the binary at `path` (loaded on first use).
     pub fn name_at(&mut self, path: &str, vaddr: u64) -> String {
-        let bin = self.by_path.entry(path.to_owned()).or_insert_with(|| Binary::load(path));
+        let bin = self
+            .by_path
+            .entry(path.to_owned())
+            .or_insert_with(|| Binary::load(path));
         bin.symbol(vaddr).unwrap_or("??").to_owned()
     }
 
     fn locate<'a>(&'a self, maps: &'a [Mapping], pc: u64) -> Option<(&'a Binary, u64)> {
-        let m = maps.iter().find(|m| m.executable && m.start <= pc && pc < m.end)?;
+        let m = maps
+            .iter()
+            .find(|m| m.executable && m.start <= pc && pc < m.end)?;
         let bin = self.by_path.get(m.path.as_ref()?)?;
         Some((bin, bin.file_offset_to_vaddr(pc - m.start + m.offset)?))
     }
@@ -129,7 +148,10 @@ impl Binaries {
         if let Some(id) = self.table_ids.get(path) {
             return *id;
         }
-        let bin = self.by_path.entry(path.to_owned()).or_insert_with(|| Binary::load(path));
+        let bin = self
+            .by_path
+            .entry(path.to_owned())
+            .or_insert_with(|| Binary::load(path));
         let id = match &bin.table {
             Some(table) => {
                 let info = table.info(self.rows.len() as u32);
@@ -150,10 +172,15 @@ impl Binaries {
             let Some(path) = &m.path else { continue };
             let table_id = self.table_id(path);
             let bin = &self.by_path[path];
-            let Some(bias) = mapping_bias(m.start, m.end - m.start, m.offset, &bin.load_segments) else {
+            let Some(bias) = mapping_bias(m.start, m.end - m.start, m.offset, &bin.load_segments)
+            else {
                 continue;
             };
-            let value = UnwindMapping { bias, table_id, _pad: 0 };
+            let value = UnwindMapping {
+                bias,
+                table_id,
+                _pad: 0,
+            };
             for (key, prefix) in lpm_blocks(pid, m.start, m.end) {
                 trie.0.insert((prefix, key), value);
             }
@@ -163,9 +190,16 @@ impl Binaries {
 
     /// The kernel's per-frame lookup: mapping, then table info, then binary search.
     fn lookup(&self, trie: &Trie, pid: u32, pc: u64) -> Result<Option<UnwindRow>, StopReason> {
-        let Some(mapping) = trie.longest_match(pid, pc) else { return Ok(None) };
-        let Some(info) = self.infos.get(mapping.table_id as usize) else { return Ok(None) };
-        lookup_row(info, pc.wrapping_sub(mapping.bias), |i| self.rows.get(i as usize).copied()).map(Some)
+        let Some(mapping) = trie.longest_match(pid, pc) else {
+            return Ok(None);
+        };
+        let Some(info) = self.infos.get(mapping.table_id as usize) else {
+            return Ok(None);
+        };
+        lookup_row(info, pc.wrapping_sub(mapping.bias), |i| {
+            self.rows.get(i as usize).copied()
+        })
+        .map(Some)
     }
 
     /// The capture reduced to what its unwinding touched: the stack bytes read, the mappings
@@ -181,10 +215,18 @@ impl Binaries {
         unwind(
             cap.regs,
             |pc| {
-                let Some(mapping) = trie.longest_match(PID, pc) else { return Ok(None) };
-                let m = cap.maps.iter().find(|m| m.start <= pc && pc < m.end).unwrap();
+                let Some(mapping) = trie.longest_match(PID, pc) else {
+                    return Ok(None);
+                };
+                let m = cap
+                    .maps
+                    .iter()
+                    .find(|m| m.start <= pc && pc < m.end)
+                    .unwrap();
                 used_maps.borrow_mut().insert(m.start, (m.end, mapping));
-                let Some(info) = self.infos.get(mapping.table_id as usize) else { return Ok(None) };
+                let Some(info) = self.infos.get(mapping.table_id as usize) else {
+                    return Ok(None);
+                };
                 lookup_row(info, pc.wrapping_sub(mapping.bias), |i| {
                     touched_rows.borrow_mut().insert((mapping.table_id, i));
                     self.rows.get(i as usize).copied()
@@ -205,7 +247,11 @@ impl Binaries {
         for (table_id, index) in touched_rows.into_inner() {
             let id = *new_ids.entry(table_id).or_insert_with(|| {
                 let old = self.infos[table_id as usize];
-                infos.push(UnwindTableInfo { first_row: rows.len() as u32, row_count: 0, ..old });
+                infos.push(UnwindTableInfo {
+                    first_row: rows.len() as u32,
+                    row_count: 0,
+                    ..old
+                });
                 infos.len() as u32 - 1
             });
             rows.push(self.rows[index as usize]);
@@ -238,8 +284,13 @@ impl Binaries {
         const PID: u32 = 4242;
         let trie = self.trie(PID, &cap.maps);
         let mut frames = [0u64; 128];
-        let outcome =
-            unwind(cap.regs, |pc| self.lookup(&trie, PID, pc), |addr| cap.read_u64(addr), 127, &mut frames);
+        let outcome = unwind(
+            cap.regs,
+            |pc| self.lookup(&trie, PID, pc),
+            |addr| cap.read_u64(addr),
+            127,
+            &mut frames,
+        );
         let frames = frames[..outcome.depth as usize].to_vec();
         let names = frames
             .iter()
@@ -252,6 +303,10 @@ impl Binaries {
                 }
             })
             .collect();
-        Stack { frames, names, outcome }
+        Stack {
+            frames,
+            names,
+            outcome,
+        }
     }
 }

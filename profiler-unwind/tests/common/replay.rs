@@ -3,7 +3,8 @@
 //! exactly as the kernel would, with no process or binary needed.
 
 use profiler_unwind::{
-    lookup_row, unwind, Regs, StopReason, UnwindMapping, UnwindRow, UnwindTableInfo, Unwound, NO_TABLE,
+    lookup_row, unwind, Regs, StopReason, UnwindMapping, UnwindRow, UnwindTableInfo, Unwound,
+    NO_TABLE,
 };
 use std::fmt::Write as _;
 
@@ -31,12 +32,20 @@ impl Replay {
             if m.table_id == NO_TABLE {
                 return Ok(None);
             }
-            let info = self.infos.get(m.table_id as usize).ok_or(StopReason::BadFrame)?;
-            lookup_row(info, pc.wrapping_sub(m.bias), |i| self.rows.get(i as usize).copied()).map(Some)
+            let info = self
+                .infos
+                .get(m.table_id as usize)
+                .ok_or(StopReason::BadFrame)?;
+            lookup_row(info, pc.wrapping_sub(m.bias), |i| {
+                self.rows.get(i as usize).copied()
+            })
+            .map(Some)
         };
         let read = |addr: u64| {
             let off = usize::try_from(addr.checked_sub(self.stack_start)?).ok()?;
-            Some(u64::from_le_bytes(self.stack.get(off..off.checked_add(8)?)?.try_into().ok()?))
+            Some(u64::from_le_bytes(
+                self.stack.get(off..off.checked_add(8)?)?.try_into().ok()?,
+            ))
         };
         let mut frames = [0u64; 128];
         let got = unwind(self.regs, lookup, read, 127, &mut frames);
@@ -53,13 +62,23 @@ impl Replay {
         let hex: String = self.stack.iter().map(|b| format!("{b:02x}")).collect();
         writeln!(out, "stack {:x} {hex}", self.stack_start).unwrap();
         for (start, end, m) in &self.mappings {
-            writeln!(out, "mapping {start:x} {end:x} {:x} {}", m.bias, m.table_id as i64).unwrap();
+            writeln!(
+                out,
+                "mapping {start:x} {end:x} {:x} {}",
+                m.bias, m.table_id as i64
+            )
+            .unwrap();
         }
         for t in &self.infos {
             writeln!(out, "table {:x} {} {}", t.pc_base, t.first_row, t.row_count).unwrap();
         }
         for row in &self.rows {
-            writeln!(out, "row {:x} {} {} {}", row.pc, row.cfa_offset, row.rbp_offset, row.kinds).unwrap();
+            writeln!(
+                out,
+                "row {:x} {} {} {}",
+                row.pc, row.cfa_offset, row.rbp_offset, row.kinds
+            )
+            .unwrap();
         }
         let frames: Vec<String> = self.frames.iter().map(|f| format!("{f:x}")).collect();
         writeln!(out, "frames {}", frames.join(" ")).unwrap();
@@ -82,11 +101,20 @@ impl Replay {
             stop: StopReason::BadFrame,
         };
         let hex = |s: &str| u64::from_str_radix(s, 16).unwrap();
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             let (tag, rest) = line.split_once(' ').unwrap_or((line, ""));
             let f: Vec<&str> = rest.split_whitespace().collect();
             match tag {
-                "regs" => r.regs = Regs { rip: hex(f[0]), rsp: hex(f[1]), rbp: hex(f[2]) },
+                "regs" => {
+                    r.regs = Regs {
+                        rip: hex(f[0]),
+                        rsp: hex(f[1]),
+                        rbp: hex(f[2]),
+                    }
+                }
                 "stack" => {
                     r.stack_start = hex(f[0]);
                     let bytes = f.get(1).copied().unwrap_or("");
@@ -96,7 +124,11 @@ impl Replay {
                 }
                 "mapping" => {
                     let id: i64 = f[3].parse().unwrap();
-                    let m = UnwindMapping { bias: hex(f[2]), table_id: id as u32, _pad: 0 };
+                    let m = UnwindMapping {
+                        bias: hex(f[2]),
+                        table_id: id as u32,
+                        _pad: 0,
+                    };
                     r.mappings.push((hex(f[0]), hex(f[1]), m));
                 }
                 "table" => r.infos.push(UnwindTableInfo {

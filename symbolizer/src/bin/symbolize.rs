@@ -49,10 +49,19 @@ fn main() -> ExitCode {
     let mut out = BufWriter::new(out);
     let mut emit = |input: &str| -> std::io::Result<()> {
         let line = match parse_hex(input) {
-            None => format!("{{\"addr\":{},\"frames\":[],\"reason\":\"bad_address\"}}", json_str(input)),
+            None => format!(
+                "{{\"addr\":{},\"frames\":[],\"reason\":\"bad_address\"}}",
+                json_str(input)
+            ),
             Some(addr) => match symbolizer.symbolize(&binary, &[addr]) {
-                Ok(mut r) => render(addr, r.pop().unwrap_or(Err(symbolizer::Miss::UnknownAddress))),
-                Err(e) => format!("{{\"addr\":\"{addr:#x}\",\"frames\":[],\"reason\":{}}}", json_str(&e.to_string())),
+                Ok(mut r) => render(
+                    addr,
+                    r.pop().unwrap_or(Err(symbolizer::Miss::UnknownAddress)),
+                ),
+                Err(e) => format!(
+                    "{{\"addr\":\"{addr:#x}\",\"frames\":[],\"reason\":{}}}",
+                    json_str(&e.to_string())
+                ),
             },
         };
         writeln!(out, "{line}")
@@ -78,7 +87,10 @@ fn main() -> ExitCode {
 }
 
 fn parse_hex(s: &str) -> Option<u64> {
-    let s = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
+    let s = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
     u64::from_str_radix(s, 16).ok()
 }
 
@@ -86,7 +98,10 @@ fn render(addr: u64, lookup: Lookup) -> String {
     match lookup {
         Ok(frames) => {
             let frames: Vec<String> = frames.iter().map(render_frame).collect();
-            format!("{{\"addr\":\"{addr:#x}\",\"frames\":[{}]}}", frames.join(","))
+            format!(
+                "{{\"addr\":\"{addr:#x}\",\"frames\":[{}]}}",
+                frames.join(",")
+            )
         }
         Err(miss) => format!("{{\"addr\":\"{addr:#x}\",\"frames\":[],\"reason\":\"{miss}\"}}"),
     }

@@ -25,7 +25,9 @@ pub struct DwarfContext {
 
 impl std::fmt::Debug for DwarfContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DwarfContext").field("source", &self.source).finish()
+        f.debug_struct("DwarfContext")
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -48,7 +50,11 @@ impl DwarfContext {
     pub fn from_binary(source: &Binary) -> Option<DwarfContext> {
         let (dwarf, buffers) = sections::load_dwarf(source).ok()?;
         let ctx = addr2line::Context::from_dwarf(dwarf).ok()?;
-        Some(DwarfContext { ctx, _buffers: buffers, source: source.path().map(PathBuf::from) })
+        Some(DwarfContext {
+            ctx,
+            _buffers: buffers,
+            source: source.path().map(PathBuf::from),
+        })
     }
 
     /// The file the DWARF was read from.
@@ -64,7 +70,11 @@ impl DwarfContext {
         if addr == u64::MAX {
             return Ok(Vec::new());
         }
-        let mut iter = self.ctx.find_frames(addr).skip_all_loads().map_err(|_| Miss::Malformed)?;
+        let mut iter = self
+            .ctx
+            .find_frames(addr)
+            .skip_all_loads()
+            .map_err(|_| Miss::Malformed)?;
         let mut frames = Vec::new();
         // Bounded: a corrupt DIE tree cannot make this loop forever.
         while let Some(f) = iter.next().map_err(|_| Miss::Malformed)? {
@@ -81,7 +91,12 @@ impl DwarfContext {
                 Some(loc) => (loc.file.map(str::to_owned), loc.line.filter(|&l| l != 0)),
                 None => (None, None),
             };
-            frames.push(Frame { function, file, line, inlined: true });
+            frames.push(Frame {
+                function,
+                file,
+                line,
+                inlined: true,
+            });
         }
         if let Some(last) = frames.last_mut() {
             last.inlined = false;
@@ -107,6 +122,9 @@ impl DwarfContext {
 }
 
 fn has_debug_info(binary: &Binary) -> bool {
-    let Ok(obj) = object::File::parse(binary.bytes()) else { return false };
-    obj.section_by_name(".debug_info").is_some_and(|s| s.size() > 0 && s.kind() != object::SectionKind::UninitializedData)
+    let Ok(obj) = object::File::parse(binary.bytes()) else {
+        return false;
+    };
+    obj.section_by_name(".debug_info")
+        .is_some_and(|s| s.size() > 0 && s.kind() != object::SectionKind::UninitializedData)
 }

@@ -38,7 +38,11 @@ unsafe fn extend(s: &[u8]) -> &'static [u8] {
 pub(crate) fn load_dwarf(binary: &Binary) -> Result<(gimli::Dwarf<Reader>, Buffers), Error> {
     let bytes: &[u8] = binary.bytes();
     let obj = object::File::parse(bytes)?;
-    let endian = if obj.is_little_endian() { gimli::RunTimeEndian::Little } else { gimli::RunTimeEndian::Big };
+    let endian = if obj.is_little_endian() {
+        gimli::RunTimeEndian::Little
+    } else {
+        gimli::RunTimeEndian::Big
+    };
     let mut decompressed: Vec<Box<[u8]>> = Vec::new();
     let mut load = |id: gimli::SectionId| -> Result<Reader, Error> {
         let data: &'static [u8] = match obj.section_by_name(id.name()) {
@@ -64,7 +68,13 @@ pub(crate) fn load_dwarf(binary: &Binary) -> Result<(gimli::Dwarf<Reader>, Buffe
         Ok(gimli::EndianSlice::new(data, endian))
     };
     let dwarf = gimli::Dwarf::load(&mut load)?;
-    Ok((dwarf, Buffers { _file: binary.data.clone(), _decompressed: decompressed }))
+    Ok((
+        dwarf,
+        Buffers {
+            _file: binary.data.clone(),
+            _decompressed: decompressed,
+        },
+    ))
 }
 
 enum Section<'a> {
@@ -77,11 +87,17 @@ fn section_bytes<'a>(section: &object::Section<'a, '_>) -> Result<Section<'a>, E
     if compressed.format == CompressionFormat::None {
         return Ok(Section::File(compressed.data));
     }
-    let limit = (compressed.data.len() as u64).saturating_mul(MAX_RATIO).saturating_add(1 << 20);
+    let limit = (compressed.data.len() as u64)
+        .saturating_mul(MAX_RATIO)
+        .saturating_add(1 << 20);
     if compressed.uncompressed_size > limit {
-        return Err(Error::Malformed { what: "compressed section size" });
+        return Err(Error::Malformed {
+            what: "compressed section size",
+        });
     }
-    Ok(Section::Owned(compressed.decompress()?.into_owned().into_boxed_slice()))
+    Ok(Section::Owned(
+        compressed.decompress()?.into_owned().into_boxed_slice(),
+    ))
 }
 
 impl From<gimli::Error> for Error {

@@ -32,12 +32,20 @@ impl ElfSymbols {
             if sym.kind() != SymbolKind::Text {
                 continue;
             }
-            let SymbolSection::Section(section) = sym.section() else { continue };
+            let SymbolSection::Section(section) = sym.section() else {
+                continue;
+            };
             let Ok(name) = sym.name() else { continue };
             if name.is_empty() || sym.address() == 0 {
                 continue;
             }
-            raw.push((sym.address(), sym.size(), name, section, sym.is_global() || sym.is_weak()));
+            raw.push((
+                sym.address(),
+                sym.size(),
+                name,
+                section,
+                sym.is_global() || sym.is_weak(),
+            ));
             if sym.size() == 0 {
                 zero_sized_sections.push(section);
             }
@@ -48,8 +56,10 @@ impl ElfSymbols {
             let s = obj.section_by_index(idx).ok()?;
             s.address().checked_add(s.size())
         };
-        let section_ends: Vec<(SectionIndex, Option<u64>)> =
-            zero_sized_sections.iter().map(|&s| (s, section_end(s))).collect();
+        let section_ends: Vec<(SectionIndex, Option<u64>)> = zero_sized_sections
+            .iter()
+            .map(|&s| (s, section_end(s)))
+            .collect();
 
         raw.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         // The same function often appears in both tables: keep one.
@@ -58,7 +68,11 @@ impl ElfSymbols {
         // next_start[i]: the first start greater than raw[i]'s (linear, even with many aliases).
         let mut next_start = vec![None; raw.len()];
         for i in (0..raw.len().saturating_sub(1)).rev() {
-            next_start[i] = if raw[i + 1].0 > raw[i].0 { Some(raw[i + 1].0) } else { next_start[i + 1] };
+            next_start[i] = if raw[i + 1].0 > raw[i].0 {
+                Some(raw[i + 1].0)
+            } else {
+                next_start[i + 1]
+            };
         }
         let mut syms = Vec::with_capacity(raw.len());
         for (i, &(start, size, name, section, global)) in raw.iter().enumerate() {
@@ -79,7 +93,13 @@ impl ElfSymbols {
                 }
                 .max(start.saturating_add(1))
             };
-            syms.push(ElfSymbol { start, end, name: name.into(), sized: size != 0, global });
+            syms.push(ElfSymbol {
+                start,
+                end,
+                name: name.into(),
+                sized: size != 0,
+                global,
+            });
         }
         Self::from_sorted(syms)
     }
@@ -124,7 +144,9 @@ impl ElfSymbols {
             }
             match best {
                 None => best = Some(s),
-                Some(b) if b.start == s.start && (s.sized, s.global) > (b.sized, b.global) => best = Some(s),
+                Some(b) if b.start == s.start && (s.sized, s.global) > (b.sized, b.global) => {
+                    best = Some(s)
+                }
                 Some(b) if b.start != s.start => break,
                 _ => {}
             }
@@ -143,7 +165,13 @@ mod tests {
     use super::*;
 
     fn sym(start: u64, end: u64, name: &str, sized: bool) -> ElfSymbol {
-        ElfSymbol { start, end, name: name.into(), sized, global: true }
+        ElfSymbol {
+            start,
+            end,
+            name: name.into(),
+            sized,
+            global: true,
+        }
     }
 
     #[test]
@@ -166,7 +194,10 @@ mod tests {
 
     #[test]
     fn sized_wins_at_same_start() {
-        let t = ElfSymbols::from_sorted(vec![sym(0x100, 0x180, "alias", false), sym(0x100, 0x120, "real", true)]);
+        let t = ElfSymbols::from_sorted(vec![
+            sym(0x100, 0x180, "alias", false),
+            sym(0x100, 0x120, "real", true),
+        ]);
         assert_eq!(&*t.lookup(0x110).unwrap().name, "real");
         assert_eq!(&*t.lookup(0x130).unwrap().name, "alias");
     }

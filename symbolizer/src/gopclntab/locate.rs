@@ -21,7 +21,10 @@ pub(crate) fn section_data<'a>(obj: &object::File<'a>, name: &str) -> Option<&'a
 }
 
 pub(crate) fn symbol_address(obj: &object::File<'_>, name: &str) -> Option<u64> {
-    obj.symbols().find(|s| s.name() == Ok(name)).map(|s| s.address()).filter(|&a| a != 0)
+    obj.symbols()
+        .find(|s| s.name() == Ok(name))
+        .map(|s| s.address())
+        .filter(|&a| a != 0)
 }
 
 fn file_range(binary: &Binary, vaddr: u64, len: u64) -> Option<Found> {
@@ -30,7 +33,9 @@ fn file_range(binary: &Binary, vaddr: u64, len: u64) -> Option<Found> {
         (rel < s.p_filesz).then(|| s.p_offset + rel)
     })?;
     let start = usize::try_from(start).ok()?;
-    let end = start.checked_add(usize::try_from(len).ok()?)?.min(binary.bytes().len());
+    let end = start
+        .checked_add(usize::try_from(len).ok()?)?
+        .min(binary.bytes().len());
     (start < end).then_some(Found { start, end, vaddr })
 }
 
@@ -43,11 +48,18 @@ pub(crate) fn find_pclntab(binary: &Binary, obj: &object::File<'_>) -> Option<Fo
             let start = usize::try_from(off).ok()?;
             let end = start.checked_add(usize::try_from(size).ok()?)?;
             if end <= binary.bytes().len() && start < end {
-                return Some(Found { start, end, vaddr: s.address() });
+                return Some(Found {
+                    start,
+                    end,
+                    vaddr: s.address(),
+                });
             }
         }
     }
-    if let (Some(a), Some(b)) = (symbol_address(obj, "runtime.pclntab"), symbol_address(obj, "runtime.epclntab")) {
+    if let (Some(a), Some(b)) = (
+        symbol_address(obj, "runtime.pclntab"),
+        symbol_address(obj, "runtime.epclntab"),
+    ) {
         if let Some(f) = b.checked_sub(a).and_then(|len| file_range(binary, a, len)) {
             return Some(f);
         }
@@ -66,26 +78,37 @@ pub(crate) fn find_pclntab(binary: &Binary, obj: &object::File<'_>) -> Option<Fo
 
 /// A pclntab header at `b[0..]`: known magic, zero pad bytes, sane quantum and pointer size.
 fn plausible_header(b: &[u8]) -> bool {
-    let magic = b.get(0..4).map(|m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
-    matches!(magic, Some(0xffff_fffb | 0xffff_fffa | 0xffff_fff0 | 0xffff_fff1))
-        && u8_at(b, 4) == Some(0)
+    let magic = b
+        .get(0..4)
+        .map(|m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
+    matches!(
+        magic,
+        Some(0xffff_fffb | 0xffff_fffa | 0xffff_fff0 | 0xffff_fff1)
+    ) && u8_at(b, 4) == Some(0)
         && u8_at(b, 5) == Some(0)
         && matches!(u8_at(b, 6), Some(1 | 2 | 4))
         && matches!(u8_at(b, 7), Some(4 | 8))
-        && word_at(b, 8, u8_at(b, 7).unwrap_or(8)).is_some_and(|n| n > 0 && n < (b.len() as u64) / 8)
+        && word_at(b, 8, u8_at(b, 7).unwrap_or(8))
+            .is_some_and(|n| n > 0 && n < (b.len() as u64) / 8)
 }
 
 fn scan_for_magic(binary: &Binary) -> Option<Found> {
     let bytes = binary.bytes();
     for seg in binary.load_segments().iter().filter(|s| !s.executable) {
         let start = usize::try_from(seg.p_offset).ok()?;
-        let end = start.checked_add(usize::try_from(seg.p_filesz).ok()?)?.min(bytes.len());
+        let end = start
+            .checked_add(usize::try_from(seg.p_filesz).ok()?)?
+            .min(bytes.len());
         let data = bytes.get(start..end)?;
         // The header is pointer-aligned.
         let mut off = 0;
         while off + 16 <= data.len() {
             if plausible_header(&data[off..]) {
-                return Some(Found { start: start + off, end, vaddr: seg.p_vaddr + off as u64 });
+                return Some(Found {
+                    start: start + off,
+                    end,
+                    vaddr: seg.p_vaddr + off as u64,
+                });
             }
             off += 4;
         }
@@ -104,7 +127,8 @@ pub(crate) fn find_moduledata(
 ) -> Option<u64> {
     let valid = |m: u64| {
         let ps = u64::from(mem.ptr_size);
-        mem.word(m) == Some(pclntab_vaddr) && mem.word(m + ps) == pclntab_vaddr.checked_add(funcnametab_off)
+        mem.word(m) == Some(pclntab_vaddr)
+            && mem.word(m + ps) == pclntab_vaddr.checked_add(funcnametab_off)
     };
     if let Some(m) = symbol_address(obj, "runtime.firstmoduledata").filter(|&m| valid(m)) {
         return Some(m);

@@ -27,7 +27,10 @@ impl Memory {
         if binary.is_pie_or_shared() {
             // `.rela.dyn` (or Go's `.rela`): relative relocations carry the pointer in the addend.
             for section in obj.sections() {
-                if !matches!(section.kind(), object::SectionKind::Elf(object::elf::SHT_RELA)) {
+                if !matches!(
+                    section.kind(),
+                    object::SectionKind::Elf(object::elf::SHT_RELA)
+                ) {
                     continue;
                 }
                 let Ok(data) = section.data() else { continue };
@@ -42,12 +45,22 @@ impl Memory {
                 }
             }
         }
-        Memory { data: binary.data.clone(), segments: binary.load_segments().to_vec(), relative, ptr_size }
+        Memory {
+            data: binary.data.clone(),
+            segments: binary.load_segments().to_vec(),
+            relative,
+            ptr_size,
+        }
     }
 
     /// Bytes with no address space (a bare table, for fuzzing): every vaddr read misses.
     pub fn bare(data: Bytes, ptr_size: u8) -> Memory {
-        Memory { data: Arc::new(data), segments: Vec::new(), relative: HashMap::new(), ptr_size }
+        Memory {
+            data: Arc::new(data),
+            segments: Vec::new(),
+            relative: HashMap::new(),
+            ptr_size,
+        }
     }
 
     /// File offset of `vaddr` and the number of file bytes after it in its segment.

@@ -6,7 +6,6 @@ mod memory;
 mod pcvalue;
 mod read;
 
-
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -109,10 +108,12 @@ impl GoTable {
         let found = locate::find_pclntab(binary, &obj)?;
         let tab = binary.bytes().get(found.start..found.end)?;
         let ptr_size = u8_at(tab, 7)?;
-        let mut t = Self::parse_header(Memory::new(binary, &obj, ptr_size), found.start, found.end)?;
+        let mut t =
+            Self::parse_header(Memory::new(binary, &obj, ptr_size), found.start, found.end)?;
         let ps = usize::from(ptr_size);
         if t.family >= GoFamily::Go118 {
-            let module = locate::find_moduledata(binary, &obj, &t.mem, found.vaddr, t.funcnametab as u64);
+            let module =
+                locate::find_moduledata(binary, &obj, &t.mem, found.vaddr, t.funcnametab as u64);
             if t.text_start == 0 {
                 // Go 1.26+ writes 0 here: the text base is `runtime.text`, else moduledata.text.
                 t.text_start = locate::symbol_address(&obj, "runtime.text")
@@ -121,7 +122,10 @@ impl GoTable {
             }
             // moduledata.gofunc moved between releases (word 38 in 1.18/1.19, 40 in 1.20-1.25,
             // 43 in 1.27), so every candidate is checked against real inline-tree entries.
-            let mut candidates = vec![locate::symbol_address(&obj, "go:func.*"), locate::symbol_address(&obj, "go.func.*")];
+            let mut candidates = vec![
+                locate::symbol_address(&obj, "go:func.*"),
+                locate::symbol_address(&obj, "go.func.*"),
+            ];
             for w in [40u64, 38, 43, 39, 41, 42, 44, 45, 46, 37, 36] {
                 candidates.push(module.and_then(|m| t.mem.word(m + w * ps as u64)));
             }
@@ -135,7 +139,11 @@ impl GoTable {
     pub fn from_pclntab(bytes: Vec<u8>) -> Option<GoTable> {
         let ptr_size = u8_at(&bytes, 7)?;
         let len = bytes.len();
-        Self::parse_header(Memory::bare(crate::binary::Bytes::Owned(bytes), ptr_size), 0, len)
+        Self::parse_header(
+            Memory::bare(crate::binary::Bytes::Owned(bytes), ptr_size),
+            0,
+            len,
+        )
     }
 
     /// Reads the header at `mem.data[start..end]` and checks that functab fits.
@@ -144,7 +152,11 @@ impl GoTable {
         let family = GoFamily::from_magic(u32_at(tab, 0)?)?;
         let quantum = u64::from(u8_at(tab, 6)?);
         let ptr_size = u8_at(tab, 7)?;
-        if !matches!(quantum, 1 | 2 | 4) || !matches!(ptr_size, 4 | 8) || u8_at(tab, 4)? != 0 || u8_at(tab, 5)? != 0 {
+        if !matches!(quantum, 1 | 2 | 4)
+            || !matches!(ptr_size, 4 | 8)
+            || u8_at(tab, 4)? != 0
+            || u8_at(tab, 5)? != 0
+        {
             return None;
         }
         let ps = usize::from(ptr_size);
@@ -172,7 +184,10 @@ impl GoTable {
         };
         // functab must fit: nfunc+1 entries.
         let entry_size = if family >= GoFamily::Go118 { 8 } else { 2 * ps };
-        let functab_end = nfunc.checked_add(1)?.checked_mul(entry_size)?.checked_add(pclntab)?;
+        let functab_end = nfunc
+            .checked_add(1)?
+            .checked_mul(entry_size)?
+            .checked_add(pclntab)?;
         if nfunc == 0 || functab_end > tab.len() {
             return None;
         }
@@ -220,8 +235,11 @@ impl GoTable {
             seen.push(g);
             let ok = !samples.is_empty()
                 && samples.iter().all(|&off| {
-                    let Some(tree) = g.checked_add(off) else { return false };
-                    self.inline_entry(tree, 0).is_some_and(|(name_off, _)| self.is_name_start(name_off))
+                    let Some(tree) = g.checked_add(off) else {
+                        return false;
+                    };
+                    self.inline_entry(tree, 0)
+                        .is_some_and(|(name_off, _)| self.is_name_start(name_off))
                 });
             if ok {
                 return Some(g);
@@ -232,10 +250,16 @@ impl GoTable {
 
     /// `name_off` points at the first byte of a funcnametab string.
     fn is_name_start(&self, name_off: i32) -> bool {
-        let Ok(off) = usize::try_from(name_off) else { return false };
+        let Ok(off) = usize::try_from(name_off) else {
+            return false;
+        };
         let tab = self.tab();
-        let Some(at) = self.funcnametab.checked_add(off) else { return false };
-        (off == 0 || tab.get(at - 1) == Some(&0)) && tab.get(at).is_some_and(|&c| c != 0) && cstr_at(tab, at).is_some()
+        let Some(at) = self.funcnametab.checked_add(off) else {
+            return false;
+        };
+        (off == 0 || tab.get(at - 1) == Some(&0))
+            && tab.get(at).is_some_and(|&c| c != 0)
+            && cstr_at(tab, at).is_some()
     }
 
     pub fn family(&self) -> GoFamily {
@@ -256,7 +280,10 @@ impl GoTable {
     }
 
     fn tab(&self) -> &[u8] {
-        self.mem.data.get(self.tab_start..self.tab_end).unwrap_or(&[])
+        self.mem
+            .data
+            .get(self.tab_start..self.tab_end)
+            .unwrap_or(&[])
     }
 
     /// functab entry `i`: (entry pc, funcoff).
@@ -269,7 +296,10 @@ impl GoTable {
         } else {
             let ps = usize::from(self.ptr_size);
             let off = self.pclntab.checked_add(i.checked_mul(2 * ps)?)?;
-            Some((word_at(tab, off, self.ptr_size)?, usize::try_from(word_at(tab, off + ps, self.ptr_size)?).ok()?))
+            Some((
+                word_at(tab, off, self.ptr_size)?,
+                usize::try_from(word_at(tab, off + ps, self.ptr_size)?).ok()?,
+            ))
         }
     }
 
@@ -308,7 +338,10 @@ impl GoTable {
         let f = self.pclntab.checked_add(funcoff)?;
         // `base`: offset of nameoff; the fields after it are at fixed distances in every family.
         let (entry, base) = match self.family {
-            GoFamily::Go118 | GoFamily::Go120 => (self.text_start.checked_add(u64::from(u32_at(tab, f)?))?, f + 4),
+            GoFamily::Go118 | GoFamily::Go120 => (
+                self.text_start.checked_add(u64::from(u32_at(tab, f)?))?,
+                f + 4,
+            ),
             _ => (word_at(tab, f, self.ptr_size)?, f + ps),
         };
         let name_off = i32_at(tab, base)?;
@@ -319,7 +352,9 @@ impl GoTable {
         let npcdata = u32_at(tab, base + 24)? as usize;
         let (cu_offset, nfuncdata, pcdata) = match self.family {
             GoFamily::Go12 => (0, 0, 0), // no inline support for the old format
-            GoFamily::Go116 | GoFamily::Go118 => (u32_at(tab, base + 28)?, u8_at(tab, base + 35)?, base + 36),
+            GoFamily::Go116 | GoFamily::Go118 => {
+                (u32_at(tab, base + 28)?, u8_at(tab, base + 35)?, base + 36)
+            }
             GoFamily::Go120 => (u32_at(tab, base + 28)?, u8_at(tab, base + 39)?, base + 40),
         };
         let mut inline = None;
@@ -329,14 +364,22 @@ impl GoTable {
             let tree = match self.family {
                 GoFamily::Go118 | GoFamily::Go120 => {
                     let off = u32_at(tab, funcdata + 4 * FUNCDATA_INL_TREE)?;
-                    (off != u32::MAX).then(|| self.gofunc.and_then(|g| g.checked_add(u64::from(off)))).flatten()
+                    (off != u32::MAX)
+                        .then(|| self.gofunc.and_then(|g| g.checked_add(u64::from(off))))
+                        .flatten()
                 }
                 _ => {
                     // Absolute pointers, aligned to the pointer size relative to the record.
                     let rel = (funcdata - f).next_multiple_of(ps);
                     let slot = f + rel + FUNCDATA_INL_TREE * ps;
                     let v = word_at(tab, slot, self.ptr_size)?;
-                    let v = if v == 0 { self.slot_vaddr(slot).and_then(|a| self.mem.word(a)).unwrap_or(0) } else { v };
+                    let v = if v == 0 {
+                        self.slot_vaddr(slot)
+                            .and_then(|a| self.mem.word(a))
+                            .unwrap_or(0)
+                    } else {
+                        v
+                    };
                     (v != 0).then_some(v)
                 }
             };
@@ -344,7 +387,14 @@ impl GoTable {
                 inline = Some((pcdata_off, tree));
             }
         }
-        Some(Func { entry, name_off, pcfile, pcln, cu_offset, inline })
+        Some(Func {
+            entry,
+            name_off,
+            pcfile,
+            pcln,
+            cu_offset,
+            inline,
+        })
     }
 
     /// Virtual address of a table offset (for relocated slots in PIE files).
@@ -357,7 +407,9 @@ impl GoTable {
     }
 
     fn func_name(&self, name_off: i32) -> Option<&str> {
-        let off = self.funcnametab.checked_add(usize::try_from(name_off).ok()?)?;
+        let off = self
+            .funcnametab
+            .checked_add(usize::try_from(name_off).ok()?)?;
         cstr_at(self.tab(), off)
     }
 
@@ -387,10 +439,14 @@ impl GoTable {
     fn inline_entry(&self, tree: u64, idx: i32) -> Option<(i32, i32)> {
         let idx = u64::try_from(idx).ok()?;
         if self.family == GoFamily::Go120 {
-            let bytes = self.mem.bytes_from(tree.checked_add(idx.checked_mul(16)?)?)?;
+            let bytes = self
+                .mem
+                .bytes_from(tree.checked_add(idx.checked_mul(16)?)?)?;
             Some((i32_at(bytes, 4)?, i32_at(bytes, 8)?))
         } else {
-            let bytes = self.mem.bytes_from(tree.checked_add(idx.checked_mul(20)?)?)?;
+            let bytes = self
+                .mem
+                .bytes_from(tree.checked_add(idx.checked_mul(20)?)?)?;
             let _parent = i16_at(bytes, 0)?;
             Some((i32_at(bytes, 12)?, i32_at(bytes, 16)?))
         }
@@ -404,8 +460,16 @@ impl GoTable {
         let name = self.func_name(f.name_off).ok_or(Miss::Malformed)?;
         let d = self.decoded(funcoff, &f);
         let file_line = |at: u64| {
-            let file = d.file.value_at(f.entry, at).and_then(|n| self.file_name(&f, n)).map(str::to_owned);
-            let line = d.line.value_at(f.entry, at).and_then(|l| u32::try_from(l).ok()).filter(|&l| l != 0);
+            let file = d
+                .file
+                .value_at(f.entry, at)
+                .and_then(|n| self.file_name(&f, n))
+                .map(str::to_owned);
+            let line = d
+                .line
+                .value_at(f.entry, at)
+                .and_then(|l| u32::try_from(l).ok())
+                .filter(|&l| l != 0);
             (file, line)
         };
         let mut frames = Vec::new();
@@ -419,13 +483,26 @@ impl GoTable {
                 let (name_off, parent_pc) = self.inline_entry(tree, idx).ok_or(Miss::Malformed)?;
                 let callee = self.func_name(name_off).ok_or(Miss::Malformed)?;
                 let (file, line) = file_line(at);
-                frames.push(Frame { function: callee.to_owned(), file, line, inlined: true });
-                at = f.entry.checked_add_signed(i64::from(parent_pc)).ok_or(Miss::Malformed)?;
+                frames.push(Frame {
+                    function: callee.to_owned(),
+                    file,
+                    line,
+                    inlined: true,
+                });
+                at = f
+                    .entry
+                    .checked_add_signed(i64::from(parent_pc))
+                    .ok_or(Miss::Malformed)?;
                 idx = d.inline.value_at(f.entry, at).unwrap_or(-1);
             }
         }
         let (file, line) = file_line(at);
-        frames.push(Frame { function: name.to_owned(), file, line, inlined: false });
+        frames.push(Frame {
+            function: name.to_owned(),
+            file,
+            line,
+            inlined: false,
+        });
         Ok(frames)
     }
 
@@ -435,7 +512,13 @@ impl GoTable {
             return d.clone();
         }
         let tab = self.tab();
-        let prog = |off: u32| if off == 0 { Runs::default() } else { decode(tab, self.pctab.saturating_add(off as usize), self.quantum) };
+        let prog = |off: u32| {
+            if off == 0 {
+                Runs::default()
+            } else {
+                decode(tab, self.pctab.saturating_add(off as usize), self.quantum)
+            }
+        };
         let d = Arc::new(Decoded {
             file: prog(f.pcfile),
             line: prog(f.pcln),

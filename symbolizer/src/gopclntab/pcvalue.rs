@@ -6,7 +6,13 @@ use super::read::uvarint;
 /// The value at `target` of the program starting at `tab[off..]` for a function at `entry`.
 /// `None` when the program is corrupt or does not cover `target`.
 #[cfg(test)]
-pub(crate) fn pcvalue(tab: &[u8], off: usize, entry: u64, target: u64, quantum: u64) -> Option<i32> {
+pub(crate) fn pcvalue(
+    tab: &[u8],
+    off: usize,
+    entry: u64,
+    target: u64,
+    quantum: u64,
+) -> Option<i32> {
     if off == 0 || off >= tab.len() {
         return None;
     }
@@ -60,7 +66,10 @@ pub(crate) fn decode(tab: &[u8], off: usize, quantum: u64) -> Runs {
         }
         let delta = ((uv >> 1) as i64) ^ -((uv & 1) as i64);
         val = val.wrapping_add(delta as i32);
-        let Some(next) = uvarint(tab, &mut pos).and_then(|d| d.checked_mul(quantum)).and_then(|d| pc.checked_add(d)) else {
+        let Some(next) = uvarint(tab, &mut pos)
+            .and_then(|d| d.checked_mul(quantum))
+            .and_then(|d| pc.checked_add(d))
+        else {
             break;
         };
         pc = next;
@@ -80,7 +89,11 @@ mod tests {
         let tab = [0u8, 22, 4, 4, 6, 0];
         let runs = decode(&tab, 1, 1);
         for pc in 0x100..0x110 {
-            assert_eq!(runs.value_at(0x100, pc), pcvalue(&tab, 1, 0x100, pc, 1), "{pc:#x}");
+            assert_eq!(
+                runs.value_at(0x100, pc),
+                pcvalue(&tab, 1, 0x100, pc, 1),
+                "{pc:#x}"
+            );
         }
     }
 

@@ -5,7 +5,9 @@ pub(crate) fn u8_at(b: &[u8], off: usize) -> Option<u8> {
 }
 
 pub(crate) fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(off..off.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        b.get(off..off.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 pub(crate) fn i32_at(b: &[u8], off: usize) -> Option<i32> {
@@ -13,13 +15,17 @@ pub(crate) fn i32_at(b: &[u8], off: usize) -> Option<i32> {
 }
 
 pub(crate) fn i16_at(b: &[u8], off: usize) -> Option<i16> {
-    Some(i16::from_le_bytes(b.get(off..off.checked_add(2)?)?.try_into().ok()?))
+    Some(i16::from_le_bytes(
+        b.get(off..off.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 
 /// A pointer-sized word (4 or 8 bytes), little-endian.
 pub(crate) fn word_at(b: &[u8], off: usize, ptr_size: u8) -> Option<u64> {
     match ptr_size {
-        8 => Some(u64::from_le_bytes(b.get(off..off.checked_add(8)?)?.try_into().ok()?)),
+        8 => Some(u64::from_le_bytes(
+            b.get(off..off.checked_add(8)?)?.try_into().ok()?,
+        )),
         4 => u32_at(b, off).map(u64::from),
         _ => None,
     }

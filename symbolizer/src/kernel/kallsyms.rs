@@ -34,7 +34,10 @@ pub struct KernelSymbol<'a> {
 
 impl Kallsyms {
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(Self::parse(&text))
     }
 
@@ -45,17 +48,24 @@ impl Kallsyms {
         let mut last_module: Option<(&str, (u32, u32))> = None;
         for line in text.lines() {
             let mut parts = line.split_ascii_whitespace();
-            let (Some(addr), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            let (Some(addr), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next())
+            else {
                 continue;
             };
             if !matches!(kind, "t" | "T") {
                 continue;
             }
-            let Ok(addr) = u64::from_str_radix(addr, 16) else { continue };
+            let Ok(addr) = u64::from_str_radix(addr, 16) else {
+                continue;
+            };
             if addr == 0 {
                 continue;
             }
-            let module = match parts.next().and_then(|m| m.strip_prefix('[')).and_then(|m| m.strip_suffix(']')) {
+            let module = match parts
+                .next()
+                .and_then(|m| m.strip_prefix('['))
+                .and_then(|m| m.strip_suffix(']'))
+            {
                 None => (0, 0),
                 Some(m) => match last_module {
                     Some((prev, range)) if prev == m => range,
@@ -96,7 +106,11 @@ impl Kallsyms {
             return Err(Miss::UnknownAddress);
         }
         let module = (e.module != (0, 0)).then(|| get(&self.modules, e.module));
-        Ok(KernelSymbol { name: get(&self.names, e.name), module, offset })
+        Ok(KernelSymbol {
+            name: get(&self.names, e.name),
+            module,
+            offset,
+        })
     }
 }
 
@@ -132,14 +146,26 @@ ffffffffc0002000 t ext4_foo\t[ext4]
         let k = Kallsyms::parse(SAMPLE);
         assert_eq!(k.len(), 7);
         let s = k.lookup(0xffffffff81001010).unwrap();
-        assert_eq!((s.name, s.module, s.offset), ("do_one_initcall", None, 0x10));
+        assert_eq!(
+            (s.name, s.module, s.offset),
+            ("do_one_initcall", None, 0x10)
+        );
         // data symbols do not bound text symbols
-        assert_eq!(k.lookup(0xffffffff81002010).unwrap().name, "do_one_initcall");
+        assert_eq!(
+            k.lookup(0xffffffff81002010).unwrap().name,
+            "do_one_initcall"
+        );
         let s = k.lookup(0xffffffffc0001104).unwrap();
-        assert_eq!((s.name, s.module, s.offset), ("nft_do_chain", Some("nf_tables"), 4));
+        assert_eq!(
+            (s.name, s.module, s.offset),
+            ("nft_do_chain", Some("nf_tables"), 4)
+        );
         assert_eq!(k.lookup(0xffffffffc0002001).unwrap().module, Some("ext4"));
         assert_eq!(k.lookup(0x1000), Err(Miss::UnknownAddress));
-        assert_eq!(k.lookup(0xffffffffc0002000 + LAST_SYMBOL_SPAN), Err(Miss::UnknownAddress));
+        assert_eq!(
+            k.lookup(0xffffffffc0002000 + LAST_SYMBOL_SPAN),
+            Err(Miss::UnknownAddress)
+        );
     }
 
     #[test]
@@ -151,15 +177,24 @@ ffffffffc0002000 t ext4_foo\t[ext4]
 
     #[test]
     fn real_kallsyms_if_readable() {
-        let Ok(k) = Kallsyms::load(Path::new("/proc/kallsyms")) else { return };
+        let Ok(k) = Kallsyms::load(Path::new("/proc/kallsyms")) else {
+            return;
+        };
         if k.is_empty() {
             return; // kptr_restrict hides addresses for this user
         }
         let text = std::fs::read_to_string("/proc/kallsyms").unwrap();
-        let line = text.lines().find(|l| l.contains(" T schedule")).expect("schedule in kallsyms");
+        let line = text
+            .lines()
+            .find(|l| l.contains(" T schedule"))
+            .expect("schedule in kallsyms");
         let addr = u64::from_str_radix(line.split(' ').next().unwrap(), 16).unwrap();
         let s = k.lookup(addr + 1).unwrap();
         assert_eq!(s.offset, 1);
-        assert!(s.name == "schedule" || s.name.contains("schedule"), "{}", s.name);
+        assert!(
+            s.name == "schedule" || s.name.contains("schedule"),
+            "{}",
+            s.name
+        );
     }
 }

@@ -19,7 +19,12 @@ pub fn tools() -> &'static HashMap<String, PathBuf> {
             .stderr(Stdio::inherit())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(out.status.success(), "{} failed ({}): reference tools are missing", script.display(), out.status);
+        assert!(
+            out.status.success(),
+            "{} failed ({}): reference tools are missing",
+            script.display(),
+            out.status
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.split_once('='))
@@ -30,14 +35,23 @@ pub fn tools() -> &'static HashMap<String, PathBuf> {
 
 /// The path of a reference tool; fails the test if it is not installed.
 pub fn tool(name: &str) -> PathBuf {
-    let p = tools().get(name).unwrap_or_else(|| panic!("ensure-tools.sh did not report {name}")).clone();
-    assert!(p.exists(), "reference tool {name} not found at {} after ensure-tools.sh", p.display());
+    let p = tools()
+        .get(name)
+        .unwrap_or_else(|| panic!("ensure-tools.sh did not report {name}"))
+        .clone();
+    assert!(
+        p.exists(),
+        "reference tool {name} not found at {} after ensure-tools.sh",
+        p.display()
+    );
     p
 }
 
 /// A fresh directory for one test's fixtures.
 pub fn fixture_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("symbolizer-fixtures").join(name);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("symbolizer-fixtures")
+        .join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -45,8 +59,15 @@ pub fn fixture_dir(name: &str) -> PathBuf {
 
 /// Runs a command, panicking with its stderr on failure; returns stdout.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -64,7 +85,12 @@ pub fn run_with_input(cmd: &mut Command, input: &str) -> String {
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap().unwrap();
-    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -82,13 +108,22 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
     }
 }
 
 /// `n` random addresses inside the binary's executable PT_LOADs (p_filesz part).
 pub fn random_text_addrs(bin: &symbolizer::Binary, n: usize, seed: u64) -> Vec<u64> {
-    let segs: Vec<_> = bin.load_segments().iter().filter(|s| s.executable && s.p_filesz > 0).copied().collect();
+    let segs: Vec<_> = bin
+        .load_segments()
+        .iter()
+        .filter(|s| s.executable && s.p_filesz > 0)
+        .copied()
+        .collect();
     assert!(!segs.is_empty(), "no executable segment");
     let total: u64 = segs.iter().map(|s| s.p_filesz).sum();
     let mut rng = Rng::new(seed);
@@ -119,11 +154,14 @@ pub struct RefFrame {
 pub fn llvm_symbolize(exe: &Path, addrs: &[u64], extra: &[&str]) -> Vec<Vec<RefFrame>> {
     let input: String = addrs.iter().map(|a| format!("0x{a:x}\n")).collect();
     let mut cmd = Command::new(tool("LLVM_SYMBOLIZER"));
-    cmd.arg(format!("--obj={}", exe.display())).arg("--output-style=JSON").args(extra);
+    cmd.arg(format!("--obj={}", exe.display()))
+        .arg("--output-style=JSON")
+        .args(extra);
     let out = run_with_input(&mut cmd, &input);
     let mut result = Vec::new();
     for line in out.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON {line}: {e}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON {line}: {e}"));
         for entry in v.as_array().cloned().unwrap_or_else(|| vec![v.clone()]) {
             let frames = entry["Symbol"]
                 .as_array()
@@ -131,9 +169,16 @@ pub fn llvm_symbolize(exe: &Path, addrs: &[u64], extra: &[&str]) -> Vec<Vec<RefF
                     syms.iter()
                         .filter(|s| !s["FunctionName"].as_str().unwrap_or("").is_empty())
                         .map(|s| {
-                            let file = s["FileName"].as_str().filter(|f| !f.is_empty()).map(str::to_owned);
+                            let file = s["FileName"]
+                                .as_str()
+                                .filter(|f| !f.is_empty())
+                                .map(str::to_owned);
                             let line = s["Line"].as_u64().filter(|&l| l != 0).map(|l| l as u32);
-                            RefFrame { function: s["FunctionName"].as_str().unwrap().to_owned(), file, line }
+                            RefFrame {
+                                function: s["FunctionName"].as_str().unwrap().to_owned(),
+                                file,
+                                line,
+                            }
                         })
                         .collect()
                 })
@@ -141,6 +186,12 @@ pub fn llvm_symbolize(exe: &Path, addrs: &[u64], extra: &[&str]) -> Vec<Vec<RefF
             result.push(frames);
         }
     }
-    assert_eq!(result.len(), addrs.len(), "llvm-symbolizer answered {} of {} addresses", result.len(), addrs.len());
+    assert_eq!(
+        result.len(),
+        addrs.len(),
+        "llvm-symbolizer answered {} of {} addresses",
+        result.len(),
+        addrs.len()
+    );
     result
 }
