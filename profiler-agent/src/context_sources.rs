@@ -110,20 +110,10 @@ impl ContextConfigs {
         }
     }
 
-    /// Configures every process already running (or just `pids` when filtering), so their
-    /// first samples already carry context.
+    /// Configures processes already running (see `processes::initial_pids`), so their first
+    /// samples already carry context.
     pub fn scan_existing(&mut self, pids: &[u32]) {
-        let all: Vec<u32> = if pids.is_empty() {
-            std::fs::read_dir(&self.proc_root)
-                .map(|d| {
-                    d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                        .collect()
-                })
-                .unwrap_or_default()
-        } else {
-            pids.to_vec()
-        };
-        for pid in all {
+        for &pid in pids {
             self.on_new_process(pid);
         }
         info!(

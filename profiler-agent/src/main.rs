@@ -90,15 +90,16 @@ async fn run(config: Config) -> Result<()> {
             profiler_common::MAX_UNWIND_TABLES,
         )
     });
+    let initial_pids = processes::initial_pids("/proc".as_ref(), &config.pids);
     if let Some(u) = unwind.as_mut() {
-        u.scan_existing(&config.pids);
+        u.scan_existing(&initial_pids);
     }
     let mut contexts = maps
         .contexts
         .filter(|_| config.trace_context)
         .map(|m| ContextConfigs::new(m, "/proc", !config.include_unsampled));
     if let Some(c) = contexts.as_mut() {
-        c.scan_existing(&config.pids);
+        c.scan_existing(&initial_pids);
     }
     info!(output_dir = %config.output_dir.display(), interval_secs = config.profile_interval.as_secs(), "profiling started");
     let writer = ProfileWriter::spawn(config.output_dir.clone(), config.period_ns())?;

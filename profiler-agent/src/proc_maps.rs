@@ -92,9 +92,13 @@ fn parse_line(line_no: usize, line: &str) -> Result<MapEntry, ParseError> {
 
 /// The mapping that contains `addr`, by binary search over entries sorted by start.
 pub fn find(maps: &[MapEntry], addr: u64) -> Option<&MapEntry> {
-    let idx = maps.partition_point(|m| m.start <= addr);
-    let candidate = maps.get(idx.checked_sub(1)?)?;
-    candidate.contains(addr).then_some(candidate)
+    maps.get(find_index(maps, addr)?)
+}
+
+/// Index of the mapping that contains `addr`, for callers that keep per-mapping state.
+pub fn find_index(maps: &[MapEntry], addr: u64) -> Option<usize> {
+    let idx = maps.partition_point(|m| m.start <= addr).checked_sub(1)?;
+    maps.get(idx)?.contains(addr).then_some(idx)
 }
 
 #[cfg(test)]

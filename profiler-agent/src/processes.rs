@@ -75,6 +75,20 @@ pub struct Processes {
     pub stats: ProcessStats,
 }
 
+/// The processes to prepare for at start: `filter` when profiling only those, else every
+/// pid under `proc_root`. Read once and shared by every stage that prepares processes.
+pub fn initial_pids(proc_root: &Path, filter: &[u32]) -> Vec<u32> {
+    if !filter.is_empty() {
+        return filter.to_vec();
+    }
+    std::fs::read_dir(proc_root)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl Processes {
     /// `proc_root` is `/proc` in production; tests pass a fake tree.
     pub fn new(proc_root: impl Into<PathBuf>) -> Self {
@@ -189,40 +203,40 @@ impl Processes {
             self.stats.unmapped_addresses += 1;
             return UserFrame::Unmapped { addr };
         };
-        let entry = self.process(pid).maps[idx].clone();
-        let file_offset = addr - entry.start + entry.offset;
-        if entry.is_file() {
-            if let Some(key) = self.open_binary(pid, idx, &entry) {
+        let (start, offset, is_file) = {
+            let e = &self.process(pid).maps[idx];
+            (e.start, e.offset, e.is_file())
+        };
+        let file_offset = addr - start + offset;
+        if is_file {
+            if let Some(key) = self.open_binary(pid, idx) {
                 if let Some(vaddr) = self.binaries[&key].binary.file_offset_to_vaddr(file_offset) {
                     return UserFrame::Binary { binary: key, vaddr };
                 }
             }
         }
-        let name: Arc<str> = if entry.path.is_empty() {
+        let path = &self.process(pid).maps[idx].path;
+        let name: Arc<str> = if path.is_empty() {
             Arc::from("[anon]")
         } else {
-            Arc::from(entry.path.as_str())
+            Arc::from(path.as_str())
         };
         UserFrame::Region {
             name,
-            offset: if entry.is_file() {
-                file_offset
-            } else {
-                addr - entry.start
-            },
+            offset: if is_file { file_offset } else { addr - start },
         }
     }
 
     fn find_entry(&mut self, pid: u32, addr: u64) -> Option<usize> {
-        let maps = &self.process(pid).maps;
-        let found = proc_maps::find(maps, addr)?;
-        maps.iter().position(|m| std::ptr::eq(m, found))
+        proc_maps::find_index(&self.process(pid).maps, addr)
     }
 
-    fn open_binary(&mut self, pid: u32, idx: usize, entry: &MapEntry) -> Option<BinaryKey> {
+    /// The binary behind map entry `idx`, opened the first time any of its addresses is seen.
+    fn open_binary(&mut self, pid: u32, idx: usize) -> Option<BinaryKey> {
         if let Some(done) = self.process(pid).opened[idx] {
             return done;
         }
+        let entry = &self.process(pid).maps[idx].clone();
         let file_id = (entry.dev_major, entry.dev_minor, entry.inode);
         let key = match self.by_file.get(&file_id) {
             Some(&key) => Some(key),

@@ -150,16 +150,7 @@ pub fn build_profile(
             if symbol.is_some() {
                 mapping_has.entry(mapping).or_default().0 = true;
             }
-            locations.push(b.location(
-                mapping,
-                addr,
-                depth == 0,
-                &[LineSpec {
-                    function: &name,
-                    filename: "",
-                    line: 0,
-                }],
-            ));
+            locations.push(b.named_location(mapping, addr, depth == 0, &name, ""));
         }
         for (depth, f) in s.user.iter().enumerate() {
             stats.frames += 1;
@@ -218,69 +209,17 @@ pub fn build_profile(
                         _ => {
                             stats.unsymbolized += 1;
                             let name = format!("{}+0x{:x}", base_name(&info.path), vaddr);
-                            b.location(
-                                mapping,
-                                *vaddr,
-                                is_leaf,
-                                &[LineSpec {
-                                    function: &name,
-                                    filename: &info.path,
-                                    line: 0,
-                                }],
-                            )
+                            b.named_location(mapping, *vaddr, is_leaf, &name, &info.path)
                         }
                     }
                 }
                 UserFrame::Region { name, offset } => {
                     stats.unsymbolized += 1;
-                    let mapping = *region_mappings.entry(name.to_string()).or_insert_with(|| {
-                        b.add_mapping(MappingSpec {
-                            memory_start: 0,
-                            memory_limit: 0,
-                            file_offset: 0,
-                            filename: name,
-                            build_id: "",
-                        })
-                    });
-                    if let Some(m) = b.mapping_mut(mapping) {
-                        m.memory_limit = m.memory_limit.max(offset + 1);
-                    }
-                    let fname = format!("{}+0x{:x}", base_name(name), offset);
-                    b.location(
-                        mapping,
-                        *offset,
-                        is_leaf,
-                        &[LineSpec {
-                            function: &fname,
-                            filename: "",
-                            line: 0,
-                        }],
-                    )
+                    pseudo_region(&mut b, &mut region_mappings, name, *offset, is_leaf)
                 }
                 UserFrame::Unmapped { addr } => {
                     stats.unsymbolized += 1;
-                    let mapping = *region_mappings
-                        .entry("[unknown]".into())
-                        .or_insert_with(|| {
-                            b.add_mapping(MappingSpec {
-                                memory_start: 0,
-                                memory_limit: u64::MAX,
-                                file_offset: 0,
-                                filename: "[unknown]",
-                                build_id: "",
-                            })
-                        });
-                    let fname = format!("[unknown]+0x{addr:x}");
-                    b.location(
-                        mapping,
-                        *addr,
-                        is_leaf,
-                        &[LineSpec {
-                            function: &fname,
-                            filename: "",
-                            line: 0,
-                        }],
-                    )
+                    pseudo_region(&mut b, &mut region_mappings, "[unknown]", *addr, is_leaf)
                 }
             };
             locations.push(id);
@@ -337,6 +276,32 @@ pub fn build_profile(
         b.finish(meta.period_ns, time_nanos, duration_nanos, meta.comments),
         stats,
     )
+}
+
+/// A frame in memory that is not a readable ELF file (`[vdso]`, anonymous JIT code, or no
+/// mapping at all): one pseudo mapping per region name, spanning the offsets seen, and a
+/// pseudo function `name+0xoffset` so viewers never see an empty location.
+fn pseudo_region(
+    b: &mut ProfileBuilder,
+    mappings: &mut HashMap<String, u64>,
+    name: &str,
+    offset: u64,
+    is_leaf: bool,
+) -> u64 {
+    let mapping = *mappings.entry(name.to_string()).or_insert_with(|| {
+        b.add_mapping(MappingSpec {
+            memory_start: 0,
+            memory_limit: 0,
+            file_offset: 0,
+            filename: name,
+            build_id: "",
+        })
+    });
+    if let Some(m) = b.mapping_mut(mapping) {
+        m.memory_limit = m.memory_limit.max(offset.saturating_add(1));
+    }
+    let function = format!("{}+0x{offset:x}", base_name(name));
+    b.named_location(mapping, offset, is_leaf, &function, "")
 }
 
 fn line_specs(frames: &[Frame]) -> Vec<LineSpec<'_>> {

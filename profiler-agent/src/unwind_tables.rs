@@ -116,20 +116,10 @@ impl UnwindTables {
         }
     }
 
-    /// Loads tables for every running process (or just `pids`), so that their first samples
-    /// are already unwound with them.
+    /// Loads tables for processes already running (see `processes::initial_pids`), so that
+    /// their first samples are already unwound with them.
     pub fn scan_existing(&mut self, pids: &[u32]) {
-        let all: Vec<u32> = if pids.is_empty() {
-            std::fs::read_dir(&self.proc_root)
-                .map(|d| {
-                    d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                        .collect()
-                })
-                .unwrap_or_default()
-        } else {
-            pids.to_vec()
-        };
-        for pid in all {
+        for &pid in pids {
             self.on_new_process(pid);
         }
         let s = &self.stats;

@@ -137,34 +137,14 @@ fn otel_record(cfg: &ContextConfig, slot: u64, ctx: &mut RawContext) {
 /// then curg.labels in the version's layout.
 #[inline(always)]
 fn go_labels(cfg: &ContextConfig, slot: u64, ctx: &mut RawContext) {
-    let Some(g) = read_u64(slot) else {
-        count(Counter::ContextReadError);
-        return;
+    let labels = match go_label_set(cfg, slot) {
+        Ok(Some(labels)) => labels,
+        Ok(None) => return,
+        Err(()) => {
+            count(Counter::ContextReadError);
+            return;
+        }
     };
-    if g == 0 {
-        return; // a thread Go does not run goroutines on
-    }
-    let Some(m) = read_u64(g + cfg.go_g_m as u64) else {
-        count(Counter::ContextReadError);
-        return;
-    };
-    if m == 0 {
-        return;
-    }
-    let Some(curg) = read_u64(m + cfg.go_m_curg as u64) else {
-        count(Counter::ContextReadError);
-        return;
-    };
-    if curg == 0 {
-        return; // the M is idle or in the scheduler
-    }
-    let Some(labels) = read_u64(curg + cfg.go_g_labels as u64) else {
-        count(Counter::ContextReadError);
-        return;
-    };
-    if labels == 0 {
-        return; // the goroutine has no labels
-    }
     let mut truncated = false;
     let n = if cfg.go_labels_layout == GO_LABELS_SLICE {
         go_slice_labels(labels, ctx, &mut truncated)
@@ -186,6 +166,20 @@ fn go_labels(cfg: &ContextConfig, slot: u64, ctx: &mut RawContext) {
     if n > 0 {
         count(Counter::ContextCaptured);
     }
+}
+
+/// Follows g → g.m → m.curg → curg.labels. `Ok(None)` when a link is NULL: a thread Go does
+/// not run goroutines on, an idle M, or a goroutine without labels. `Err` when a read fails.
+#[inline(always)]
+fn go_label_set(cfg: &ContextConfig, slot: u64) -> Result<Option<u64>, ()> {
+    let mut ptr = read_u64(slot).ok_or(())?;
+    for offset in [cfg.go_g_m, cfg.go_m_curg, cfg.go_g_labels] {
+        if ptr == 0 {
+            return Ok(None);
+        }
+        ptr = read_u64(ptr + offset as u64).ok_or(())?;
+    }
+    Ok((ptr != 0).then_some(ptr))
 }
 
 /// Go 1.24+: `labels` points at a slice header of `{key, value string}` pairs.

@@ -221,30 +221,19 @@ fn label_capture_cost(dir: &Path, seconds: u64) -> Result<Vec<(&'static str, Opt
         ("Go labels read", None),
         ("trace context off", Some("--no-trace-context")),
     ] {
-        // The fixture waits for a stdin line; feed it at once and filter to its pid.
-        let mut fixture = Command::new(&exe)
-            .args([
-                &seconds.to_string(),
-                &"a".repeat(32),
-                &"1".repeat(16),
-                &"b".repeat(32),
-                &"2".repeat(16),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()?;
-        let pid = fixture.id().to_string();
-        let mut args = vec!["--frequency", "99", "--pid", &pid];
-        args.extend(extra);
-        let mut stdin = fixture.stdin.take().context("fixture stdin")?;
-        let run = run_agent_around(
-            || {
-                let start = Instant::now();
-                std::io::Write::write_all(&mut stdin, b"go\n")?;
-                fixture.wait()?;
-                Ok(start.elapsed().as_secs_f64())
-            },
-            &args,
+        let fixture_args = [
+            seconds.to_string(),
+            "a".repeat(32),
+            "1".repeat(16),
+            "b".repeat(32),
+            "2".repeat(16),
+        ];
+        let mut agent_args = vec!["--frequency", "99"];
+        agent_args.extend(extra);
+        let run = profile_gated(
+            &exe,
+            &fixture_args,
+            &agent_args,
             &dir.join("profiles-labels"),
         )?;
         rows.push((name, run.bpf_ns_per_run));

@@ -121,6 +121,27 @@ impl ProfileBuilder {
         id
     }
 
+    /// A location whose only frame is a name: a kernel symbol or an unsymbolized address.
+    pub fn named_location(
+        &mut self,
+        mapping: u64,
+        address: u64,
+        is_leaf: bool,
+        function: &str,
+        filename: &str,
+    ) -> u64 {
+        self.location(
+            mapping,
+            address,
+            is_leaf,
+            &[LineSpec {
+                function,
+                filename,
+                line: 0,
+            }],
+        )
+    }
+
     pub fn str_label(&mut self, key: &str, value: &str) -> Label {
         Label {
             key: self.string(key),
