@@ -66,16 +66,41 @@ mod tests {
             "cpu-20261123T054012.345Z-000007.pb.gz"
         );
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        let mut names: Vec<_> = [5_000_000_000_000u64, 86_400_000, 1_000, 951_782_400_000]
-            .iter()
-            .map(|&ms| file_name(t(ms), 0))
-            .collect();
-        let sorted = {
-            let mut n = names.clone();
-            n.sort();
-            n
-        };
-        names.sort_by_key(|n| n.clone());
-        assert_eq!(names, sorted);
+        // Times in increasing order (leap days, year ends, a far-future date) give names in
+        // increasing byte order.
+        let times = [
+            0u64,
+            1_000,
+            86_400_000,
+            951_782_400_000,
+            951_868_799_999,
+            1_795_412_412_345,
+            5_000_000_000_000,
+        ];
+        let names: Vec<_> = times.iter().map(|&ms| file_name(t(ms), 0)).collect();
+        assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
+    }
+
+    /// The calendar conversion against date(1) over many seconds, including leap years.
+    #[test]
+    fn civil_dates_match_date_command() {
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        for _ in 0..100 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let secs = x % 8_000_000_000;
+            let ours = file_name(UNIX_EPOCH + Duration::from_secs(secs), 0);
+            let out = std::process::Command::new("date")
+                .args([
+                    "-u",
+                    "-d",
+                    &format!("@{secs}"),
+                    "+cpu-%Y%m%dT%H%M%S.000Z-000000.pb.gz",
+                ])
+                .output()
+                .expect("date(1) from coreutils");
+            assert_eq!(ours, String::from_utf8_lossy(&out.stdout).trim(), "{secs}");
+        }
     }
 }

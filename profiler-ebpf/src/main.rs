@@ -131,16 +131,13 @@ fn sample(ctx: &PerfEventContext) {
                 BPF_F_USER_STACK as u64,
             ),
         };
-        (*out).user_len = if user < 0 {
-            flags |= SAMPLE_FLAG_USER_STACK_ERROR;
-            count(Counter::UserStackError);
-            0
-        } else {
-            (user as u32) / 8
-        };
-        if (*out).user_len as usize >= MAX_STACK_DEPTH {
-            flags |= SAMPLE_FLAG_USER_STACK_TRUNCATED;
-        }
+        (*out).user_len = stack_len(
+            user,
+            &mut flags,
+            Counter::UserStackError,
+            SAMPLE_FLAG_USER_STACK_ERROR,
+            SAMPLE_FLAG_USER_STACK_TRUNCATED,
+        );
 
         let kernel = bpf_get_stack(
             ctx.as_ptr(),
@@ -148,16 +145,13 @@ fn sample(ctx: &PerfEventContext) {
             STACK_BYTES,
             0,
         );
-        (*out).kernel_len = if kernel < 0 {
-            flags |= SAMPLE_FLAG_KERNEL_STACK_ERROR;
-            count(Counter::KernelStackError);
-            0
-        } else {
-            (kernel as u32) / 8
-        };
-        if (*out).kernel_len as usize >= MAX_STACK_DEPTH {
-            flags |= SAMPLE_FLAG_KERNEL_STACK_TRUNCATED;
-        }
+        (*out).kernel_len = stack_len(
+            kernel,
+            &mut flags,
+            Counter::KernelStackError,
+            SAMPLE_FLAG_KERNEL_STACK_ERROR,
+            SAMPLE_FLAG_KERNEL_STACK_TRUNCATED,
+        );
         (*out).flags = flags;
 
         // A process without a context source pays for this one lookup only.
@@ -175,6 +169,28 @@ fn sample(ctx: &PerfEventContext) {
         BPF_RB_NO_WAKEUP
     };
     entry.submit(wakeup);
+}
+
+/// Frames in a stack from a `bpf_get_stack`-style result (bytes, or a negative error),
+/// flagging and counting an error and marking a full stack as possibly truncated.
+#[inline(always)]
+fn stack_len(
+    ret: i64,
+    flags: &mut u32,
+    error: Counter,
+    error_flag: u32,
+    truncated_flag: u32,
+) -> u32 {
+    if ret < 0 {
+        *flags |= error_flag;
+        count(error);
+        return 0;
+    }
+    let frames = (ret as u32) / 8;
+    if frames as usize >= MAX_STACK_DEPTH {
+        *flags |= truncated_flag;
+    }
+    frames
 }
 
 #[cfg(not(test))]
