@@ -20,13 +20,17 @@
 //! pointers); else `UNWIND_TABLES[table_id]` and [`lookup_row_with`] over `UNWIND_ROWS` with
 //! `pc - bias`; all of it inside the `lookup` closure of [`next_frame`], which a
 //! `bpf_loop` callback calls once per frame. The row count comes from the map, and the
-//! search bounds pass through map memory (the `launder` hook), which keeps the verifier from
-//! exploring every combination of halvings (see `notes/ebpf-verifier.md`).
+//! search bounds pass through map memory (the `launder` hook of [`lookup_row_with`]), so the
+//! verifier sees them as unknown numbers rather than exploring every combination of the up to
+//! [`MAX_SEARCH_STEPS`] halvings separately: that exploration exhausts the kernel's budget of
+//! 1,000,000 processed instructions per program (`BPF_COMPLEXITY_LIMIT_INSNS`), whereas with
+//! the hook the whole program verifies in about 74k (agent start-up, see `BENCHMARKS.md`).
 //!
 //! The agent also adds a prefix-32 (pid only) `NO_TABLE` entry per process: addresses outside
 //! every mapping with a table (vdso, JIT code) still find the process, so its whole stack goes
 //! through this walker, with frame pointers there.
 #![cfg_attr(not(feature = "std"), no_std)]
+#![warn(missing_docs)]
 
 pub mod search;
 pub mod step;

@@ -7,9 +7,13 @@ use profiler_common::unwind::MappingKey;
 /// A PT_LOAD program header, as far as mapping addresses to ELF vaddrs needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadSegment {
+    /// `p_offset`: where the segment starts in the file.
     pub offset: u64,
+    /// `p_filesz`: its length in the file.
     pub file_size: u64,
+    /// `p_vaddr`: the ELF virtual address it is linked at.
     pub vaddr: u64,
+    /// `PF_X` is set.
     pub executable: bool,
 }
 

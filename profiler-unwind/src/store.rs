@@ -8,12 +8,21 @@ use profiler_common::unwind::UnwindTableInfo;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 
+/// Why a table could not be placed.
 #[derive(thiserror::Error, Debug, PartialEq, Eq)]
 pub enum StoreError {
+    /// No free extent is long enough (until other tables are released).
     #[error("no room for {rows} rows ({free} free in total, fragmented or not)")]
-    OutOfRows { rows: u32, free: u32 },
+    OutOfRows {
+        /// Rows the table needs.
+        rows: u32,
+        /// Free rows in all extents together.
+        free: u32,
+    },
+    /// Every entry of the table-info array is taken; carries their number.
     #[error("all {0} table ids are in use")]
     OutOfTableIds(u32),
+    /// The table can never fit, however much is released; carries its row count.
     #[error("table of {0} rows is larger than the whole row array")]
     TooLarge(usize),
 }
@@ -22,7 +31,9 @@ pub enum StoreError {
 /// index `table_id` in the table-info array.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Placement {
+    /// Index into the table-info array.
     pub table_id: u32,
+    /// Where the rows start and how many there are.
     pub info: UnwindTableInfo,
     /// True when the table was already loaded (nothing to write).
     pub shared: bool,
@@ -132,6 +143,7 @@ impl<K: Hash + Eq + Clone> TableStore<K> {
         true
     }
 
+    /// Free rows in all extents together (not necessarily one extent).
     pub fn free_rows(&self) -> u32 {
         self.free.values().sum()
     }

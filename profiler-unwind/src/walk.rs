@@ -12,6 +12,7 @@ use profiler_common::unwind::{
 /// One step up the stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caller {
+    /// The caller's rip (a return address, unless `exact_pc`), rsp and rbp.
     pub regs: Regs,
     /// Recovered by the frame-pointer fallback rather than a table row.
     pub by_frame_pointer: bool,
@@ -69,7 +70,9 @@ pub fn next_frame(
 /// frame right after a signal frame, which are exact (see [`Caller::exact_pc`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Unwound {
+    /// Frames written, the sampled rip included.
     pub depth: u32,
+    /// Why the walk ended ([`StopReason::EndOfStack`] for a complete stack).
     pub stop: StopReason,
     /// Frames recovered by the frame-pointer fallback rather than a table row.
     pub fp_frames: u32,

@@ -1,4 +1,4 @@
-//! Acceptance check 4 of issue 5: for the C fixture, the distinct leaf-to-root chains our
+//! Reference check against perf: for the C fixture, the distinct leaf-to-root chains our
 //! unwinder recovers match those `perf record --call-graph dwarf` reports. perf comes from
 //! Debian's linux-perf, which the setup installs; its absence is a failure, not a skip.
 

@@ -15,35 +15,53 @@ use crate::search::{find_row, table_pc};
 use profiler_common::unwind::{UnwindRow, UnwindTableInfo};
 use std::ops::Range;
 
+/// Why no table could be compiled.
 #[derive(thiserror::Error, Debug)]
 pub enum Error {
-    #[error("cannot parse ELF file: {0}")]
+    /// The ELF headers, a section or its compression could not be read.
+    #[error("cannot parse ELF file")]
     Object(#[from] object::Error),
+    /// Only x86-64 little-endian code is unwound.
     #[error("not an x86-64 little-endian ELF file")]
     UnsupportedArch,
+    /// The file has no CFI at all (the walker uses frame pointers for it).
     #[error("no .eh_frame or .debug_frame section")]
     NoEhFrame,
+    /// A compressed `.debug_frame` whose header claims more than the accepted maximum.
     #[error(".debug_frame would decompress to {0} bytes")]
     SectionTooLarge(u64),
-    #[error("malformed .eh_frame: {0}")]
+    /// A CIE, or the section structure itself, could not be parsed.
+    #[error("malformed call frame information")]
     Cfi(#[from] gimli::Error),
+    /// More rows than [`CompileOptions::max_rows`].
     #[error("table would exceed {limit} rows")]
-    TooManyRows { limit: usize },
+    TooManyRows {
+        /// The `max_rows` in force.
+        limit: usize,
+    },
+    /// The covered code is too far apart for rows' 32-bit pcs relative to one base.
     #[error("covered code spans {span:#x} bytes, beyond what a 32-bit row pc can address")]
-    CodeTooLarge { span: u64 },
+    CodeTooLarge {
+        /// Distance from the first covered pc to the end of the last covered range.
+        span: u64,
+    },
 }
 
 /// Where the sections that `.eh_frame` pointers can be relative to were loaded (ELF vaddrs).
 #[derive(Clone, Debug, Default)]
 pub struct SectionAddrs {
+    /// Address of `.eh_frame` itself, against which its `DW_EH_PE_pcrel` pointers resolve.
     pub eh_frame: u64,
+    /// Address of `.text` (base of `DW_EH_PE_textrel` pointers), if known.
     pub text: Option<u64>,
+    /// Address of `.got` (base of `DW_EH_PE_datarel` pointers on x86-64), if known.
     pub got: Option<u64>,
     /// Executable address range. FDEs reaching outside it are dropped, so one corrupt or
     /// hostile FDE cannot stretch the table over the whole address space.
     pub code: Option<Range<u64>>,
 }
 
+/// Limits for compiling one table.
 #[derive(Clone, Debug)]
 pub struct CompileOptions {
     /// Largest table accepted; bigger ones fail with [`Error::TooManyRows`].
@@ -60,6 +78,7 @@ impl Default for CompileOptions {
 /// What went into a table; the agent exports these as metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CompileStats {
+    /// FDEs read (one per function, roughly).
     pub fdes: usize,
     /// FDEs whose CIE or instructions failed to parse: their code is left uncovered.
     pub bad_fdes: usize,
@@ -67,8 +86,11 @@ pub struct CompileStats {
     pub fdes_outside_code: usize,
     /// CFI rows before merging.
     pub cfi_rows: usize,
+    /// CFI rows no table rule can express, by cause.
     pub unsupported: UnsupportedStats,
+    /// CFI rows recognized as the PLT's CFA expression (`CFA_PLT`).
     pub plt_rows: usize,
+    /// CFI rows of signal trampolines (`CFA_SIGNAL_FRAME`).
     pub signal_frame_rows: usize,
     /// Functions whose rows were replaced by a `CFA_STACK_SWITCH` rule (Go's asmcgocall).
     pub stack_switch_functions: usize,
@@ -84,11 +106,15 @@ pub struct UnsupportedStats {
     /// Negative CFA offsets, and frames of 512 KiB or more (or of 64 KiB or more and not a
     /// multiple of 8 bytes).
     pub cfa_offset: usize,
+    /// The return address is not saved at CFA - 8 (and not undefined, which ends the stack).
     pub return_address: usize,
+    /// rbp saved at a CFA offset that is not a multiple of 8 or outside -1024..=1016 bytes
+    /// (a row stores it as an `i8` count of words), or by a rule other than "saved at offset".
     pub rbp: usize,
 }
 
 impl UnsupportedStats {
+    /// Unsupported rows of every cause.
     pub fn total(&self) -> usize {
         self.cfa_expression + self.cfa_register + self.cfa_offset + self.return_address + self.rbp
     }
@@ -98,8 +124,11 @@ impl UnsupportedStats {
 /// `CFA_NOT_COVERED` sentinel (unless empty).
 #[derive(Clone, Debug, Default)]
 pub struct CompiledTable {
+    /// ELF vaddr that row pcs are relative to: the first covered pc.
     pub pc_base: u64,
+    /// The rows, sorted by pc, equal neighbours merged.
     pub rows: Vec<UnwindRow>,
+    /// What went into them.
     pub stats: CompileStats,
 }
 
@@ -121,6 +150,7 @@ impl CompiledTable {
         }
     }
 
+    /// Memory the rows take in the kernel's row array.
     pub fn size_bytes(&self) -> usize {
         std::mem::size_of_val(self.rows.as_slice())
     }
