@@ -33,17 +33,43 @@ pub fn build(name: &str, units: &[(&str, &[&str])]) -> PathBuf {
 
 /// [`build`] with extra link flags (`-no-pie`, `-static`).
 pub fn build_linked(name: &str, units: &[(&str, &[&str])], link_flags: &[&str]) -> PathBuf {
+    let sources: Vec<(PathBuf, &[&str])> = units
+        .iter()
+        .map(|(source, flags)| (Path::new(FIXTURES).join(source), *flags))
+        .collect();
+    compile_and_link(&fixture_dir(name), name, &sources, link_flags)
+}
+
+/// Writes a source that a test generated (C, or assembly ending in `.s`) as `file_name` into
+/// the directory of fixture `name` and builds it like [`build`].
+pub fn build_generated(name: &str, file_name: &str, text: &str, flags: &[&str]) -> PathBuf {
+    let dir = fixture_dir(name);
+    let source = dir.join(file_name);
+    std::fs::write(&source, text).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+    compile_and_link(&dir, name, &[(source, flags)], &[])
+}
+
+fn fixture_dir(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("unwind-fixtures")
         .join(name);
     std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn compile_and_link(
+    dir: &Path,
+    name: &str,
+    sources: &[(PathBuf, &[&str])],
+    link_flags: &[&str],
+) -> PathBuf {
     let mut objects = Vec::new();
-    for (source, flags) in units {
-        let obj = dir.join(source.replace(".c", ".o"));
+    for (source, flags) in sources {
+        let obj = dir.join(source.with_extension("o").file_name().unwrap());
         run(Command::new("gcc")
             .args(*flags)
             .arg("-c")
-            .arg(Path::new(FIXTURES).join(source))
+            .arg(source)
             .arg("-o")
             .arg(&obj));
         objects.push(obj);
@@ -68,10 +94,7 @@ fn run(cmd: &mut Command) {
 
 /// Compiles a single-file Rust program with rustc (the one cargo uses).
 pub fn build_rust(name: &str, source: &str, flags: &[&str]) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("unwind-fixtures")
-        .join(name);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fixture_dir(name);
     let exe = dir.join(name);
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
     run(Command::new(rustc)
