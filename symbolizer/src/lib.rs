@@ -84,19 +84,34 @@ impl std::fmt::Display for Miss {
 /// Frames innermost first, or why there are none.
 pub type Lookup = Result<Vec<Frame>, Miss>;
 
+/// Why a binary (or kallsyms file) could not be used at all. Per-address failures are [`Miss`]es.
+///
+/// Messages say what failed, not why: the cause is the [`source`](std::error::Error::source),
+/// so print the chain (e.g. `anyhow`'s `{:#}`) to see both.
 #[derive(thiserror::Error, Debug)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    /// Opening, mapping or reading a file failed.
+    #[error("cannot read {}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the OS said.
+        #[source]
         source: std::io::Error,
     },
-    #[error("cannot parse object file: {0}")]
+    /// The object file's headers or section table cannot be parsed.
+    #[error("cannot parse object file")]
     Object(#[from] object::Error),
+    /// A valid object file, but not ELF.
     #[error("not an ELF file")]
     NotElf,
-    #[error("DWARF: {0}")]
-    Dwarf(String),
+    /// The DWARF sections cannot be parsed.
+    #[error("cannot parse DWARF")]
+    Dwarf(#[from] gimli::Error),
+    /// A structure this crate checks itself is inconsistent.
     #[error("malformed {what}")]
-    Malformed { what: &'static str },
+    Malformed {
+        /// Which structure.
+        what: &'static str,
+    },
 }

@@ -49,7 +49,8 @@ impl Context {
     fn build(binary: &Binary, config: &SymbolizerConfig) -> Result<Context, Error> {
         let obj = object::File::parse(binary.bytes())?;
         let mut elf = ElfSymbols::from_object(&obj);
-        let dwarf = DwarfContext::load(binary, config);
+        // Unusable DWARF is not fatal: the symbol table still names the functions.
+        let dwarf = DwarfContext::load(binary, config).unwrap_or(None);
         // A stripped binary with a separate debug file: take the fuller symbol table.
         if let Some(debug) = dwarf
             .as_ref()

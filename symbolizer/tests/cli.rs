@@ -85,7 +85,15 @@ fn missing_file_fails() {
         .output()
         .unwrap();
     assert!(!st.status.success());
-    assert!(String::from_utf8_lossy(&st.stderr).contains("/nonexistent/x"));
+    // What failed and, from the error's source, why.
+    let stderr = String::from_utf8_lossy(&st.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "symbolize: cannot read /nonexistent/x: {}",
+            std::io::Error::from_raw_os_error(libc::ENOENT)
+        ),
+    );
     let st = Command::new(env!("CARGO_BIN_EXE_symbolize"))
         .output()
         .unwrap();

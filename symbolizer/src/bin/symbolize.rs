@@ -40,7 +40,7 @@ fn main() -> ExitCode {
     let binary = match Binary::open(&exe) {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("symbolize: {e}");
+            eprintln!("symbolize: {}", chain(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -60,7 +60,7 @@ fn main() -> ExitCode {
                 ),
                 Err(e) => format!(
                     "{{\"addr\":\"{addr:#x}\",\"frames\":[],\"reason\":{}}}",
-                    json_str(&e.to_string())
+                    json_str(&chain(&e))
                 ),
             },
         };
@@ -84,6 +84,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `e` and its causes, `: `-separated: the library's errors keep the cause out of their message.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
 }
 
 fn parse_hex(s: &str) -> Option<u64> {

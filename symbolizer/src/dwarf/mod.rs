@@ -9,16 +9,27 @@ use std::path::{Path, PathBuf};
 use object::{Object, ObjectSection};
 
 use crate::demangle::demangle;
-use crate::{Binary, Frame, Miss, SymbolizerConfig};
+use crate::{Binary, Error, Frame, Miss, SymbolizerConfig};
 
 pub use debug_file::find_debug_file;
-pub(crate) use sections::Reader;
+use sections::{Reader, Sections};
+
+/// The parsed DWARF of one file, borrowing from the sections that it owns.
+type Context<'a> = addr2line::Context<Reader<'a>>;
+
+self_cell::self_cell! {
+    /// The sections and the `addr2line` context that borrows from them, kept together.
+    struct Parsed {
+        owner: Sections,
+        // addr2line's lazily filled caches make the context invariant in its lifetime.
+        #[not_covariant]
+        dependent: Context,
+    }
+}
 
 /// One binary's DWARF, parsed once. Holds the file (or its separate debug file) alive.
 pub struct DwarfContext {
-    /// Borrows from `_buffers`: declared first so that it is dropped first.
-    ctx: addr2line::Context<Reader>,
-    _buffers: sections::Buffers,
+    parsed: Parsed,
     /// The file the DWARF came from (the binary itself or a separate debug file).
     source: Option<PathBuf>,
 }
@@ -32,27 +43,27 @@ impl std::fmt::Debug for DwarfContext {
 }
 
 impl DwarfContext {
-    /// Loads DWARF from `binary`, else from its separate debug file. `Ok(None)`: no DWARF.
-    pub fn load(binary: &Binary, config: &SymbolizerConfig) -> Option<DwarfContext> {
+    /// Loads DWARF from `binary`, else from its separate debug file (found as
+    /// [`find_debug_file`] does). `Ok(None)`: neither has DWARF. An error: the DWARF that was
+    /// found cannot be used.
+    pub fn load(binary: &Binary, config: &SymbolizerConfig) -> Result<Option<DwarfContext>, Error> {
         if has_debug_info(binary) {
-            return Self::from_binary(binary);
+            return Self::from_binary(binary).map(Some);
         }
-        let debug = find_debug_file(binary, &config.debug_dirs)?;
-        if has_debug_info(&debug) {
-            Self::from_binary(&debug)
-        } else {
-            None
+        match find_debug_file(binary, &config.debug_dirs) {
+            Some(debug) if has_debug_info(&debug) => Self::from_binary(&debug).map(Some),
+            _ => Ok(None),
         }
     }
 
-    /// Parses the DWARF sections of `source`; `None` if they are unusable.
-    /// The readers share the file's bytes, so `source` need not outlive the context.
-    pub fn from_binary(source: &Binary) -> Option<DwarfContext> {
-        let (dwarf, buffers) = sections::load_dwarf(source).ok()?;
-        let ctx = addr2line::Context::from_dwarf(dwarf).ok()?;
-        Some(DwarfContext {
-            ctx,
-            _buffers: buffers,
+    /// Parses the DWARF sections of `source`.
+    /// The context shares the file's bytes, so `source` need not outlive it.
+    pub fn from_binary(source: &Binary) -> Result<DwarfContext, Error> {
+        let parsed = Parsed::try_new(Sections::load(source)?, |sections| {
+            addr2line::Context::from_dwarf(sections.dwarf())
+        })?;
+        Ok(DwarfContext {
+            parsed,
             source: source.path().map(PathBuf::from),
         })
     }
@@ -70,45 +81,8 @@ impl DwarfContext {
         if addr == u64::MAX {
             return Ok(Vec::new());
         }
-        let mut iter = self
-            .ctx
-            .find_frames(addr)
-            .skip_all_loads()
-            .map_err(|_| Miss::Malformed)?;
-        let mut frames = Vec::new();
-        // Bounded: a corrupt DIE tree cannot make this loop forever.
-        while let Some(f) = iter.next().map_err(|_| Miss::Malformed)? {
-            if frames.len() >= 256 {
-                break;
-            }
-            let function = f
-                .function
-                .as_ref()
-                .and_then(|n| n.raw_name().ok())
-                .map(|n: std::borrow::Cow<'_, str>| demangle(&n))
-                .unwrap_or_default();
-            let (file, line) = match f.location {
-                Some(loc) => (loc.file.map(str::to_owned), loc.line.filter(|&l| l != 0)),
-                None => (None, None),
-            };
-            frames.push(Frame {
-                function,
-                file,
-                line,
-                inlined: true,
-            });
-        }
-        if let Some(last) = frames.last_mut() {
-            last.inlined = false;
-        }
-        if !inlines && frames.len() > 1 {
-            // As llvm-symbolizer --no-inlines: the physical function, at the line-table row.
-            let (file, line) = (frames[0].file.take(), frames[0].line);
-            frames.drain(..frames.len() - 1);
-            frames[0].file = file;
-            frames[0].line = line;
-        }
-        Ok(frames)
+        self.parsed
+            .with_dependent(|_, ctx| frames_in(ctx, addr, inlines))
     }
 
     /// The line-table row for `addr`, without function information.
@@ -116,9 +90,53 @@ impl DwarfContext {
         if addr == u64::MAX {
             return None;
         }
-        let loc = self.ctx.find_location(addr).ok()??;
-        Some((loc.file.map(str::to_owned), loc.line.filter(|&l| l != 0)))
+        self.parsed.with_dependent(|_, ctx| {
+            let loc = ctx.find_location(addr).ok()??;
+            Some((loc.file.map(str::to_owned), loc.line.filter(|&l| l != 0)))
+        })
     }
+}
+
+/// The frames of `addr` in `ctx`: see [`DwarfContext::frames`].
+fn frames_in(ctx: &Context<'_>, addr: u64, inlines: bool) -> Result<Vec<Frame>, Miss> {
+    let mut iter = ctx
+        .find_frames(addr)
+        .skip_all_loads()
+        .map_err(|_| Miss::Malformed)?;
+    let mut frames = Vec::new();
+    // Bounded: a corrupt DIE tree cannot make this loop forever.
+    while let Some(f) = iter.next().map_err(|_| Miss::Malformed)? {
+        if frames.len() >= 256 {
+            break;
+        }
+        let function = f
+            .function
+            .as_ref()
+            .and_then(|n| n.raw_name().ok())
+            .map(|n: std::borrow::Cow<'_, str>| demangle(&n))
+            .unwrap_or_default();
+        let (file, line) = match f.location {
+            Some(loc) => (loc.file.map(str::to_owned), loc.line.filter(|&l| l != 0)),
+            None => (None, None),
+        };
+        frames.push(Frame {
+            function,
+            file,
+            line,
+            inlined: true,
+        });
+    }
+    if let Some(last) = frames.last_mut() {
+        last.inlined = false;
+    }
+    if !inlines && frames.len() > 1 {
+        // As llvm-symbolizer --no-inlines: the physical function, at the line-table row.
+        let (file, line) = (frames[0].file.take(), frames[0].line);
+        frames.drain(..frames.len() - 1);
+        frames[0].file = file;
+        frames[0].line = line;
+    }
+    Ok(frames)
 }
 
 fn has_debug_info(binary: &Binary) -> bool {
