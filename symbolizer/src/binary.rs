@@ -17,22 +17,36 @@ pub enum BinaryId {
     BuildId(Vec<u8>),
     /// File identity when there is no build ID.
     File {
+        /// `st_dev`.
         dev: u64,
+        /// `st_ino`.
         ino: u64,
+        /// `st_size`.
         size: u64,
+        /// `st_mtime` in nanoseconds since the epoch.
         mtime_ns: i128,
     },
     /// In-memory bytes with no file behind them: a hash of the contents.
-    Bytes { len: u64, hash: u64 },
+    Bytes {
+        /// Length in bytes.
+        len: u64,
+        /// FNV-1a hash of the bytes.
+        hash: u64,
+    },
 }
 
 /// One `PT_LOAD` program header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadSegment {
+    /// File offset of the segment's first byte.
     pub p_offset: u64,
+    /// Virtual address of the segment's first byte.
     pub p_vaddr: u64,
+    /// Bytes backed by the file.
     pub p_filesz: u64,
+    /// Bytes in memory (`>= p_filesz`; the rest is zero-filled).
     pub p_memsz: u64,
+    /// `PF_X` is set.
     pub executable: bool,
 }
 
@@ -157,10 +171,13 @@ impl Binary {
         })
     }
 
+    /// The cache key: the GNU build ID, else the file's identity or a hash of the bytes.
     pub fn id(&self) -> &BinaryId {
         &self.id
     }
 
+    /// The path given to [`Binary::open`] (the original one for [`Binary::open_as`]); `None`
+    /// for [`Binary::from_bytes`].
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }
@@ -170,14 +187,17 @@ impl Binary {
         &self.data
     }
 
+    /// The `NT_GNU_BUILD_ID` note's bytes, if the file has a non-empty one.
     pub fn gnu_build_id(&self) -> Option<&[u8]> {
         self.gnu_build_id.as_deref()
     }
 
+    /// The Go build ID from the `.note.go.buildid` note, if any.
     pub fn go_build_id(&self) -> Option<&str> {
         self.go_build_id.as_deref()
     }
 
+    /// The `PT_LOAD` program headers, in file order.
     pub fn load_segments(&self) -> &[LoadSegment] {
         &self.segments
     }

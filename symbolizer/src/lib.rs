@@ -21,6 +21,8 @@
 //! }
 //! ```
 
+#![warn(missing_docs)]
+
 mod binary;
 mod cache;
 pub mod demangle;
@@ -45,7 +47,9 @@ use std::path::PathBuf;
 pub struct Frame {
     /// Demangled function name.
     pub function: String,
+    /// Source file path, as the DWARF line table or the pclntab records it.
     pub file: Option<String>,
+    /// Source line; `None` when unknown (a 0 in the tables counts as unknown).
     pub line: Option<u32>,
     /// True for every frame except the outermost (physical) one.
     pub inlined: bool,
@@ -65,6 +69,7 @@ pub enum Miss {
 }
 
 impl Miss {
+    /// A stable `snake_case` name, e.g. for metrics labels and JSON.
     pub fn as_str(self) -> &'static str {
         match self {
             Miss::UnknownAddress => "unknown_address",

@@ -17,6 +17,8 @@ pub struct SymbolizerThread {
 }
 
 impl SymbolizerThread {
+    /// Starts the thread with a [`Symbolizer`] made from `config`; fails only if the OS cannot
+    /// create a thread.
     pub fn spawn(config: SymbolizerConfig) -> std::io::Result<SymbolizerThread> {
         let (tx, rx) = mpsc::channel::<Request>();
         let thread = std::thread::Builder::new()

@@ -9,6 +9,7 @@ use crate::elf::ElfSymbols;
 use crate::gopclntab::GoTable;
 use crate::{Binary, BinaryId, Error, Frame, Lookup};
 
+/// How a [`Symbolizer`] resolves and caches.
 #[derive(Debug, Clone)]
 pub struct SymbolizerConfig {
     /// Report inline frames (DWARF and Go). Off: only the physical frame.
@@ -121,11 +122,13 @@ pub struct Symbolizer {
 }
 
 impl Symbolizer {
+    /// A symbolizer with empty caches.
     pub fn new(config: SymbolizerConfig) -> Self {
         let contexts = Lru::new(config.cache_binaries);
         Symbolizer { config, contexts }
     }
 
+    /// The configuration it was made with.
     pub fn config(&self) -> &SymbolizerConfig {
         &self.config
     }

@@ -8,6 +8,10 @@ use object::{Object, ObjectSection};
 
 use crate::Binary;
 
+/// The separate debug file of `binary`: by build ID under each of `debug_dirs`, then by
+/// `.gnu_debuglink` name (CRC-checked) next to the binary, in its `.debug/` subdirectory, under
+/// each debug dir followed by the binary's directory, and directly in each debug dir. `None` if
+/// there is none, or only ones whose build ID or CRC does not match.
 pub fn find_debug_file(binary: &Binary, debug_dirs: &[PathBuf]) -> Option<Arc<Binary>> {
     if let Some(id) = binary.gnu_build_id().filter(|id| id.len() >= 2) {
         let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();

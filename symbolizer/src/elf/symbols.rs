@@ -7,7 +7,10 @@ use crate::Miss;
 /// One function symbol, with its resolved extent `[start, end)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ElfSymbol {
+    /// `st_value`: the first address.
     pub start: u64,
+    /// One past the last address: `start + st_size`, or for a zero-size symbol the next
+    /// symbol's start, bounded by its section's end.
     pub end: u64,
     /// The raw (mangled) name.
     pub name: Box<str>,
@@ -25,6 +28,8 @@ pub struct ElfSymbols {
 }
 
 impl ElfSymbols {
+    /// The function (text) symbols of both tables that are defined in a section, with a name and
+    /// a non-zero address; a symbol present in both tables is kept once.
     pub fn from_object(obj: &object::File<'_>) -> Self {
         let mut raw = Vec::new();
         let mut zero_sized_sections = Vec::new();
@@ -114,14 +119,17 @@ impl ElfSymbols {
         ElfSymbols { syms, max_end }
     }
 
+    /// The number of symbols.
     pub fn len(&self) -> usize {
         self.syms.len()
     }
 
+    /// No function symbols at all.
     pub fn is_empty(&self) -> bool {
         self.syms.is_empty()
     }
 
+    /// The symbols, by ascending start address.
     pub fn iter(&self) -> impl Iterator<Item = &ElfSymbol> {
         self.syms.iter()
     }

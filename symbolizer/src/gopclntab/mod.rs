@@ -262,6 +262,7 @@ impl GoTable {
             && cstr_at(tab, at).is_some()
     }
 
+    /// The table's layout family.
     pub fn family(&self) -> GoFamily {
         self.family
     }
@@ -271,10 +272,12 @@ impl GoTable {
         self.text_start
     }
 
+    /// The number of functions (functab entries).
     pub fn len(&self) -> usize {
         self.nfunc
     }
 
+    /// No functions; a parsed table always has some, so this is false.
     pub fn is_empty(&self) -> bool {
         self.nfunc == 0
     }

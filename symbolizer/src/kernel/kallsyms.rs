@@ -7,6 +7,7 @@ use crate::{Error, Miss};
 /// A symbol without a successor cannot be bounded by the table; past this offset it is a miss.
 const LAST_SYMBOL_SPAN: u64 = 1 << 20;
 
+/// The kernel's text symbols from `/proc/kallsyms`, sorted by address.
 #[derive(Debug, Default)]
 pub struct Kallsyms {
     /// Concatenated names; entries point into it so 200k symbols cost a few MiB.
@@ -27,12 +28,16 @@ struct Entry {
 /// The symbol containing a kernel address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelSymbol<'a> {
+    /// The symbol's name.
     pub name: &'a str,
+    /// The module it belongs to; `None` for the core kernel.
     pub module: Option<&'a str>,
+    /// The address's distance from the symbol's start.
     pub offset: u64,
 }
 
 impl Kallsyms {
+    /// Reads and parses a kallsyms file (normally `/proc/kallsyms`).
     pub fn load(path: &Path) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
@@ -83,10 +88,12 @@ impl Kallsyms {
         k
     }
 
+    /// The number of text symbols.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// No text symbols: an empty file, or addresses hidden by `kptr_restrict`.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
