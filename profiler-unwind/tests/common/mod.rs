@@ -2,6 +2,7 @@
 //! captures with the crate's tables and walker.
 #![allow(dead_code)]
 
+pub mod binutils;
 pub mod capture;
 pub mod fixture;
 pub mod process;

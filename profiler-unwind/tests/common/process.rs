@@ -135,6 +135,21 @@ impl Binaries {
         bin.symbol(vaddr).unwrap_or("??").to_owned()
     }
 
+    /// The path of the binary mapped at `pc` in `maps` and the ELF vaddr `pc` is at in it,
+    /// from `/proc/PID/maps` and the file's program headers. The binary must have been loaded
+    /// by an earlier [`Binaries::unwind`] or [`Binaries::record`] of the same capture.
+    pub fn file_vaddr<'a>(&self, maps: &'a [Mapping], pc: u64) -> Option<(&'a str, u64)> {
+        let m = maps
+            .iter()
+            .find(|m| m.executable && m.start <= pc && pc < m.end)?;
+        let path = m.path.as_deref()?;
+        let vaddr = self
+            .by_path
+            .get(path)?
+            .file_offset_to_vaddr(pc - m.start + m.offset)?;
+        Some((path, vaddr))
+    }
+
     fn locate<'a>(&'a self, maps: &'a [Mapping], pc: u64) -> Option<(&'a Binary, u64)> {
         let m = maps
             .iter()
