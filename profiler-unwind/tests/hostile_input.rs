@@ -9,22 +9,7 @@ use profiler_unwind::{
     compile_cfi, compile_eh_frame, compile_elf, CfiSection, CompileOptions, CompiledTable, Error,
     SectionAddrs,
 };
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use test_support::{Mutator, Rng};
 
 /// `.eh_frame` bytes and the addresses its pointers are relative to.
 fn eh_frame_of(path: &str) -> (Vec<u8>, SectionAddrs) {
@@ -40,40 +25,10 @@ fn eh_frame_of(path: &str) -> (Vec<u8>, SectionAddrs) {
     (sec.data().unwrap().to_vec(), addrs)
 }
 
+/// Bit flips, interesting bytes and words, truncation, zeroed tails, duplicated chunks and
+/// inserted bytes: one to four per case.
 fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
-    let mut data = input.to_vec();
-    for _ in 0..1 + rng.below(4) {
-        match rng.below(6) {
-            0 if !data.is_empty() => {
-                let i = rng.below(data.len());
-                data[i] ^= 1 << rng.below(8);
-            }
-            1 if !data.is_empty() => {
-                let i = rng.below(data.len());
-                data[i] = [0, 0xff, 0x7f, 0x80, 0x40, 0x0c][rng.below(6)];
-            }
-            2 => data.truncate(rng.below(data.len() + 1)),
-            3 if data.len() > 8 => {
-                // A length or pointer field set to something extreme.
-                let i = rng.below(data.len() - 4);
-                let v = [0u32, u32::MAX, 0x7fff_ffff, 0xffff_fff0, 16][rng.below(5)];
-                data[i..i + 4].copy_from_slice(&v.to_le_bytes());
-            }
-            4 if data.len() > 16 => {
-                // Duplicate a chunk somewhere else.
-                let from = rng.below(data.len() - 8);
-                let len = 1 + rng.below((data.len() - from).min(64));
-                let chunk = data[from..from + len].to_vec();
-                let at = rng.below(data.len());
-                data.splice(at..at, chunk);
-            }
-            _ => {
-                let i = rng.below(data.len() + 1);
-                data.insert(i, rng.next() as u8);
-            }
-        }
-    }
-    data
+    Mutator::default().mutated(rng, input)
 }
 
 fn check_table(table: &CompiledTable, opts: &CompileOptions) {
@@ -87,13 +42,13 @@ fn check_table(table: &CompiledTable, opts: &CompileOptions) {
 fn fuzz_eh_frame(path: &str, iterations: usize, seed: u64) -> (usize, usize) {
     let (data, addrs) = eh_frame_of(path);
     let opts = CompileOptions { max_rows: 5000 };
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let (mut ok, mut err) = (0, 0);
     for _ in 0..iterations {
         let input = mutate(&mut rng, &data);
         let mut addrs = addrs.clone();
-        if rng.below(8) == 0 {
-            addrs.eh_frame = rng.next();
+        if rng.one_in(8) {
+            addrs.eh_frame = rng.next_u64();
         }
         match compile_eh_frame(&input, &addrs, &opts) {
             Ok(table) => {
@@ -147,7 +102,7 @@ fn mutated_debug_frame() {
     )
     .unwrap();
     assert!(clean.rows.len() > 5);
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5);
     let mut ok = 0;
     for _ in 0..10_000 {
         if let Ok(table) = compile_cfi(
@@ -171,7 +126,7 @@ fn mutated_elf() {
     );
     let data = std::fs::read(exe).unwrap();
     let opts = CompileOptions::default();
-    let mut rng = Rng(3);
+    let mut rng = Rng::new(3);
     for _ in 0..3000 {
         if let Ok(table) = compile_elf(&mutate(&mut rng, &data), &opts) {
             check_table(&table, &opts);
@@ -181,10 +136,10 @@ fn mutated_elf() {
 
 #[test]
 fn garbage_and_limits() {
-    let mut rng = Rng(4);
+    let mut rng = Rng::new(4);
     let opts = CompileOptions::default();
     for len in [0usize, 1, 4, 7, 8, 64, 4096] {
-        let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let bytes = rng.bytes(len);
         let _ = compile_eh_frame(&bytes, &SectionAddrs::default(), &opts);
         let _ = compile_elf(&bytes, &opts);
     }

@@ -220,7 +220,7 @@ fn warm(c: &mut Criterion) {
     });
     // A profile's PCs concentrate on hot code: 10,240 PCs inside 256 random functions.
     let funcs: Vec<u64> = table.functions().map(|(e, _)| e).collect();
-    let mut rng = support::Rng::new(6);
+    let mut rng = test_support::Rng::new(6);
     let mut hot = Vec::new();
     while hot.len() < 10_240 {
         let i = rng.below(funcs.len() as u64 - 1) as usize;

@@ -10,6 +10,7 @@ use std::process::Command;
 
 use support::{fixture_dir, llvm_symbolize, random_text_addrs, run, tool, RefFrame};
 use symbolizer::{Binary, Frame, Lookup, Symbolizer, SymbolizerConfig};
+use test_support::{Mutation, Mutator, Rng};
 
 const HEADER: &str = r#"
 static inline __attribute__((always_inline)) int mix(int a, int b) {
@@ -436,7 +437,12 @@ fn mutated_dwarf_never_panics() {
     run(Command::new(tool("OBJCOPY"))
         .arg("--compress-debug-sections=zlib")
         .arg(&zlib));
-    let mut rng = support::Rng::new(77);
+    let mut rng = Rng::new(77);
+    let flips = Mutator::new(&[Mutation::FlipBit]).times(32, 32);
+    // Lies in a length field or compression header (a section's first 24 bytes).
+    let header_lies = Mutator::new(&[Mutation::RandomU64, Mutation::InterestingU32]).times(1, 2);
+    // A section whose tail is zeroed, as a truncated download leaves it.
+    let zero_tail = Mutator::new(&[Mutation::ZeroTail]).times(1, 1);
     for exe in [plain, zlib] {
         let orig = std::fs::read(&exe).unwrap();
         let sections = run(Command::new("readelf").arg("-SW").arg(&exe));
@@ -457,25 +463,13 @@ fn mutated_dwarf_never_panics() {
         let addrs = random_text_addrs(&text, 300, 3);
         for round in 0..120 {
             let mut bytes = orig.clone();
-            let (off, size) = ranges[rng.below(ranges.len() as u64) as usize];
-            match round % 3 {
-                0 => {
-                    for _ in 0..32 {
-                        let i = off + rng.below(size as u64) as usize;
-                        bytes[i] ^= 1 << rng.below(8);
-                    }
-                }
-                1 => {
-                    // Lie in a length field or compression header (first 24 bytes).
-                    let i = off + rng.below(16.min(size as u64 - 8)) as usize;
-                    bytes[i..i + 8].copy_from_slice(&rng.next().to_le_bytes());
-                }
-                _ => {
-                    // Zero the tail of a section, as a truncated download would.
-                    let cut = off + rng.below(size as u64) as usize;
-                    bytes[cut..off + size].fill(0);
-                }
-            }
+            let (off, size) = *rng.pick(&ranges);
+            let (mutator, region) = match round % 3 {
+                0 => (&flips, off..off + size),
+                1 => (&header_lies, off..off + size.min(24)),
+                _ => (&zero_tail, off..off + size),
+            };
+            mutator.mutate_in(&mut rng, &mut bytes, region);
             if let Ok(bin) = Binary::from_bytes(bytes) {
                 let _ = Symbolizer::new(no_debug_dirs()).symbolize(&bin, &addrs);
             }

@@ -9,6 +9,7 @@ use std::process::Command;
 
 use support::{fixture_dir, random_text_addrs, run, run_with_input, tool};
 use symbolizer::{Binary, Miss, Symbolizer, SymbolizerConfig};
+use test_support::{Mutation, Mutator, Rng};
 
 /// C source with many functions of varied sizes, linkage and visibility.
 fn c_source() -> String {
@@ -397,42 +398,35 @@ fn mutated_elf_never_panics() {
     let dir = fixture_dir("elf-mutate");
     let exe = build(&dir, "GCC", "many.c", &c_source(), "many", &["-O1", "-g0"]);
     let orig = std::fs::read(&exe).unwrap();
-    let mut rng = support::Rng::new(7);
+    let mut rng = Rng::new(7);
+    let truncate = Mutator::new(&[Mutation::Truncate]).times(1, 1);
+    let flips = Mutator::new(&[Mutation::FlipBit]).times(16, 16);
+    // Lies about sizes and offsets in the headers (the first 4 KiB).
+    let header_lies = Mutator::new(&[Mutation::RandomU64, Mutation::InterestingU32]).times(8, 8);
     for round in 0..300 {
         let mut bytes = orig.clone();
         match round % 3 {
-            0 => bytes.truncate(rng.below(orig.len() as u64) as usize),
-            1 => {
-                for _ in 0..16 {
-                    let i = rng.below(bytes.len() as u64) as usize;
-                    bytes[i] ^= 1 << rng.below(8);
-                }
-            }
-            _ => {
-                // Lie about sizes/offsets in the headers (first 4 KiB).
-                for _ in 0..8 {
-                    let i = rng.below(4096.min(bytes.len() as u64 - 8)) as usize;
-                    bytes[i..i + 8].copy_from_slice(&rng.next().to_le_bytes());
-                }
-            }
-        }
+            0 => truncate.mutate(&mut rng, &mut bytes),
+            1 => flips.mutate(&mut rng, &mut bytes),
+            _ => header_lies.mutate_in(&mut rng, &mut bytes, 0..4096),
+        };
         if let Ok(bin) = Binary::from_bytes(bytes) {
             let addrs = random_text_addrs_or_default(&bin, &mut rng);
             let mut s = Symbolizer::new(SymbolizerConfig::default());
             let _ = s.symbolize(&bin, &addrs);
-            let _ = bin.file_offset_to_vaddr(rng.next());
+            let _ = bin.file_offset_to_vaddr(rng.next_u64());
         }
     }
 }
 
-fn random_text_addrs_or_default(bin: &Binary, rng: &mut support::Rng) -> Vec<u64> {
+fn random_text_addrs_or_default(bin: &Binary, rng: &mut Rng) -> Vec<u64> {
     let mut v: Vec<u64> = (0..64).map(|_| rng.below(0x10000)).collect();
     if bin
         .load_segments()
         .iter()
         .any(|s| s.executable && s.p_filesz > 0)
     {
-        v.extend(random_text_addrs(bin, 64, rng.next()));
+        v.extend(random_text_addrs(bin, 64, rng.next_u64()));
     }
     v
 }

@@ -7,8 +7,9 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{fixture_dir, run, tool, Rng};
+use support::{fixture_dir, run, tool};
 use symbolizer::fuzzing;
+use test_support::{Mutation, Mutator, Rng};
 
 type Target = fn(&[u8]);
 const TARGETS: [(&str, Target); 5] = [
@@ -124,6 +125,13 @@ fn committed(sub: &str, target: &str) -> Vec<Vec<u8>> {
 #[test]
 fn seed_corpora_and_regressions_replay() {
     let mut rng = Rng::new(1234);
+    // Cheap mutations of every seed: flips, truncations, lying words, and the full mix.
+    let mutators = [
+        Mutator::new(&[Mutation::FlipBit]).times(8, 8),
+        Mutator::new(&[Mutation::Truncate]).times(1, 1),
+        Mutator::new(&[Mutation::RandomU64]).times(1, 1),
+        Mutator::default(),
+    ];
     for (name, target) in TARGETS {
         let dir = fixture_dir(&format!("fuzz-{name}"));
         let generated = generated_seeds(name, &dir);
@@ -142,29 +150,10 @@ fn seed_corpora_and_regressions_replay() {
         for seed in committed("regressions", name).iter().chain(&seeds) {
             target(seed);
         }
-        // Cheap mutations of every seed: flips, truncations, lying words.
         let rounds = if name == "elf" { 40 } else { 200 };
         for seed in &seeds {
             for r in 0..rounds {
-                let mut m = seed.clone();
-                if m.is_empty() {
-                    continue;
-                }
-                match r % 3 {
-                    0 => {
-                        for _ in 0..8 {
-                            let i = rng.below(m.len() as u64) as usize;
-                            m[i] ^= 1 << rng.below(8);
-                        }
-                    }
-                    1 => m.truncate(rng.below(m.len() as u64) as usize),
-                    _ if m.len() > 8 => {
-                        let i = rng.below(m.len() as u64 - 8) as usize;
-                        m[i..i + 8].copy_from_slice(&rng.next().to_le_bytes());
-                    }
-                    _ => {}
-                }
-                target(&m);
+                target(&mutators[r % mutators.len()].mutated(&mut rng, seed));
             }
         }
         eprintln!(

@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{run, run_with_input, tool, Rng};
+use support::{run, run_with_input, tool};
 use symbolizer::gopclntab::{GoFamily, GoTable};
 use symbolizer::{Binary, Symbolizer, SymbolizerConfig};
+use test_support::{Mutation, Mutator, Rng};
 
 const VARIANTS: [(&str, &[&str]); 3] = [
     ("plain", &[]),
@@ -334,28 +335,28 @@ fn mutated_pclntab_never_panics() {
         usize::from_str_radix(f[4], 16).unwrap(),
     );
     let mut rng = Rng::new(9);
+    let flips = Mutator::new(&[Mutation::FlipBit]).times(64, 64);
+    // Lies in the header words (nfunc, text start, table offsets) after the 8-byte preamble.
+    let header_lies = Mutator::new(&[Mutation::RandomU64])
+        .times(1, 1)
+        .word_align(8);
+    let truncate = Mutator::new(&[Mutation::Truncate]).times(1, 1);
     let mut counts = BTreeMap::new();
     for round in 0..200 {
         let mut bytes = orig.clone();
-        match round % 3 {
-            0 => {
-                for _ in 0..64 {
-                    let i = off + rng.below(size as u64) as usize;
-                    bytes[i] ^= 1 << rng.below(8);
-                }
-            }
-            1 => {
-                // Lie in the header words.
-                let i = off + 8 + 8 * rng.below(8) as usize;
-                bytes[i..i + 8].copy_from_slice(&rng.next().to_le_bytes());
-            }
-            _ => bytes.truncate(off + rng.below(size as u64) as usize),
-        }
+        let (mutator, region) = match round % 3 {
+            0 => (&flips, off..off + size),
+            1 => (&header_lies, off + 8..off + 72),
+            _ => (&truncate, off..off + size),
+        };
+        mutator.mutate_in(&mut rng, &mut bytes, region);
         let Ok(b) = Binary::from_bytes(bytes) else {
             continue;
         };
         let mut s = Symbolizer::new(SymbolizerConfig::default());
-        let addrs: Vec<u64> = (0..300).map(|_| obj_text + rng.below(0x90000)).collect();
+        let addrs: Vec<u64> = (0..300)
+            .map(|_| rng.in_range(obj_text..obj_text + 0x90000))
+            .collect();
         for r in s.symbolize(&b, &addrs).unwrap_or_default() {
             *counts.entry(r.is_ok()).or_insert(0usize) += 1;
         }

@@ -1,5 +1,6 @@
 //! Shared test helpers: reference tools (installed through `ensure-tools.sh`), fixture dirs,
-//! a seeded RNG and a reader for `llvm-symbolizer`'s JSON output.
+//! random text addresses and a reader for `llvm-symbolizer`'s JSON output. The seeded RNG and
+//! the mutators come from the workspace's `test-support` crate.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -94,28 +95,6 @@ pub fn run_with_input(cmd: &mut Command, input: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// xorshift64*: deterministic, seeded, no dependency.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed | 1)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-}
-
 /// `n` random addresses inside the binary's executable PT_LOADs (p_filesz part).
 pub fn random_text_addrs(bin: &symbolizer::Binary, n: usize, seed: u64) -> Vec<u64> {
     let segs: Vec<_> = bin
@@ -126,7 +105,7 @@ pub fn random_text_addrs(bin: &symbolizer::Binary, n: usize, seed: u64) -> Vec<u
         .collect();
     assert!(!segs.is_empty(), "no executable segment");
     let total: u64 = segs.iter().map(|s| s.p_filesz).sum();
-    let mut rng = Rng::new(seed);
+    let mut rng = test_support::Rng::new(seed);
     (0..n)
         .map(|_| {
             let mut r = rng.below(total);
