@@ -49,7 +49,8 @@ struct Fixture {
     chain: &'static [&'static str],
 }
 
-/// Builds the fixture behind snapshot `name` (`tests/data/<name>.stack`).
+/// Builds the fixture behind snapshot `name` (`tests/data/<name>.stack`), in a directory of
+/// its own (other test binaries build the same sources).
 fn fixture(name: &str) -> Fixture {
     const SIGNAL: &[&str] = &["-O2", "-g", "-fomit-frame-pointer", "-DWITH_SIGNAL"];
     let c = |dir: &str, main: &[&str], middle: &[&str]| {
@@ -57,25 +58,25 @@ fn fixture(name: &str) -> Fixture {
     };
     let (exe, what, innermost, chain) = match name {
         "c-nofp" => (
-            c("chain-nofp", OMIT_FP, OMIT_FP),
+            c("snapshot-c-nofp", OMIT_FP, OMIT_FP),
             "C, -O2 -fomit-frame-pointer",
             "",
             C_CHAIN,
         ),
         "c-mixed" => (
-            c("chain-mixed", OMIT_FP, FP_NO_CFI),
+            c("snapshot-c-mixed", OMIT_FP, FP_NO_CFI),
             "C, middle() without CFI but with frame pointers",
             "",
             C_CHAIN,
         ),
         "c-signal" => (
-            c("chain-signal", SIGNAL, OMIT_FP),
+            c("snapshot-c-signal", SIGNAL, OMIT_FP),
             "C, in a SIGPROF handler",
             "on_signal_work",
             C_CHAIN,
         ),
         "rust-nofp" => (
-            fixture::build_rust("chain-rust", "chain.rs", RUST_NO_FP),
+            fixture::build_rust("snapshot-rust-nofp", "chain.rs", RUST_NO_FP),
             "Rust, opt-level=2, force-frame-pointers=no",
             "",
             RUST_CHAIN,
