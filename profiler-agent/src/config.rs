@@ -3,6 +3,8 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
 
+use crate::sink::file::Retention;
+
 /// eBPF continuous CPU profiler: samples every CPU, symbolizes, and writes pprof files.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "profiler-agent", version)]
@@ -15,9 +17,23 @@ pub struct Args {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub profile_interval: u64,
 
-    /// Directory for the pprof files (created if missing).
+    /// Directory for the pprof files (created if missing; checked writable at start).
     #[arg(long, default_value = "./profiles")]
     pub output_dir: PathBuf,
+
+    /// Profiles older than this many seconds are removed from the output directory.
+    #[arg(long, default_value_t = 24 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub output_max_age_secs: u64,
+
+    /// The oldest profiles are removed once the output directory holds more than this many
+    /// bytes of them.
+    #[arg(long, default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub output_max_bytes: u64,
+
+    /// Distinct stacks kept per profile interval. Samples of further new stacks are kept
+    /// as one `[stack limit reached]` stack per process, and counted.
+    #[arg(long, default_value_t = 32_768, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_stacks: u64,
 
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long)]
@@ -58,27 +74,38 @@ pub struct Args {
     /// A binary whose table does not fit is unwound by frame pointers, and counted.
     #[arg(long, default_value_t = profiler_common::DEFAULT_UNWIND_ROWS, value_parser = clap::value_parser!(u32).range(1..))]
     pub unwind_table_rows: u32,
-
-    /// Testing aid: do not read the ring buffer for this many seconds, to provoke drops.
-    #[arg(long, hide = true, default_value_t = 0)]
-    pub stall_reader_secs: u64,
 }
 
 /// Validated settings the stages use.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Samples per second per CPU.
     pub frequency: u64,
+    /// Time between profiles.
     pub profile_interval: Duration,
+    /// Where profiles go.
     pub output_dir: PathBuf,
+    /// How much of the output directory to keep.
+    pub retention: Retention,
+    /// Distinct stacks per interval.
+    pub max_stacks: usize,
+    /// Stop after this long.
     pub duration: Option<Duration>,
+    /// Only these processes (empty: all).
     pub pids: Vec<u32>,
+    /// Ring size requested on the command line.
     pub ring_buffer_bytes: Option<u64>,
+    /// Drain timer.
     pub drain_interval: Duration,
-    pub stall_reader: Duration,
+    /// Go label keys to keep besides trace and span ids (empty: all).
     pub label_allow: Vec<String>,
+    /// Copy OTel records whose sampled flag is clear.
     pub include_unsampled: bool,
+    /// Read trace contexts at all.
     pub trace_context: bool,
+    /// Build unwind tables.
     pub unwind_tables: bool,
+    /// Row budget of the unwind tables.
     pub unwind_table_rows: u32,
 }
 
@@ -88,11 +115,15 @@ impl From<Args> for Config {
             frequency: a.frequency,
             profile_interval: Duration::from_secs(a.profile_interval),
             output_dir: a.output_dir,
+            retention: Retention {
+                max_age: Duration::from_secs(a.output_max_age_secs),
+                max_bytes: a.output_max_bytes,
+            },
+            max_stacks: usize::try_from(a.max_stacks).unwrap_or(usize::MAX),
             duration: a.duration.map(Duration::from_secs),
             pids: a.pids,
             ring_buffer_bytes: a.ring_buffer_bytes,
             drain_interval: Duration::from_millis(a.drain_interval_ms),
-            stall_reader: Duration::from_secs(a.stall_reader_secs),
             label_allow: a.label_allow,
             include_unsampled: a.include_unsampled,
             trace_context: !a.no_trace_context,

@@ -1,19 +1,28 @@
-//! The profiling agent as a library: the stages `main` wires together, exposed so that tests
-//! can drive each one alone and decode what the agent writes.
-pub mod aggregate;
+//! The profiling agent, stage by stage in data-path order:
+//!
+//! ```text
+//! kernel ──► bpf ──► process ──► profile ──► sink
+//!  eBPF      load,     /proc maps,  aggregate,   files
+//!  program   ring,     binaries,    symbolize,   (push
+//!            counters  file ids     pprof        later)
+//!              ▲           │
+//!              └─ enrich ◄─┘  unwind tables, trace-context sources, per process
+//! ```
+//!
+//! - [`agent`]: the event loop that wires the stages; [`config`]: flags.
+//! - [`bpf`]: loads and attaches the eBPF program, reads its ring buffer and counters.
+//! - [`process`]: tracks processes, their mappings and the binaries behind them.
+//! - [`enrich`]: what the kernel needs per process: unwind tables, trace-context configs.
+//! - [`profile`]: aggregation per interval, symbolization, pprof, the writer thread.
+//! - [`sink`]: where finished profiles go.
+//! - [`stats`]: the one registry of counters, kernel and agent side.
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod bpf;
 pub mod config;
-pub mod context_sources;
-pub mod ebpf_loader;
-pub mod go_runtime;
-pub mod kernel_btf;
-pub mod mapped_rows;
-pub mod output;
-pub mod pprof;
-pub mod proc_maps;
-pub mod processes;
-pub mod profile_build;
-pub mod profile_writer;
-pub mod ring_reader;
-pub mod summary;
-pub mod trace_context;
-pub mod unwind_tables;
+pub mod enrich;
+pub mod process;
+pub mod profile;
+pub mod sink;
+pub mod stats;

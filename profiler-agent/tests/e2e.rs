@@ -13,32 +13,10 @@ fn clk_tck() -> f64 {
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
-/// Runs a gated fixture under the agent filtered to its pid; returns (fixture stdout, agent log).
-fn profile_fixture(
-    exe: &Path,
-    args: &[&str],
-    out: &Path,
-    hz: i64,
-    extra: &[&str],
-) -> (u32, String, Vec<String>) {
-    let mut fixture = Gated::start(exe, args);
-    let pid = fixture.pid().to_string();
-    let hz = hz.to_string();
-    let mut agent_args = vec![
-        "--pid",
-        &pid,
-        "--frequency",
-        &hz,
-        "--profile-interval",
-        "60",
-    ];
-    agent_args.extend_from_slice(extra);
-    let agent = Agent::start(out, &agent_args);
-    fixture.go();
-    let pid = fixture.pid();
-    let stdout = fixture.finish();
-    let log = agent.stop();
-    (pid, stdout, log)
+/// Runs a gated fixture under the agent filtered to its pid.
+fn profile_fixture(exe: &Path, args: &[&str], out: &Path, hz: i64, extra: &[&str]) -> Run {
+    let hz = u32::try_from(hz).unwrap();
+    profile_pid(Gated::start(exe, args), out, Profiling { hz, extra })
 }
 
 fn user_frames(s: &FlatSample) -> Vec<&str> {
@@ -60,15 +38,10 @@ fn known_chain_is_profiled_with_the_right_weight_and_opens_in_go_pprof() {
         &["-O0", "-g", "-fno-omit-frame-pointer"],
     );
     let out = dir.path().join("profiles");
-    let (pid, stdout, log) = profile_fixture(&exe, &["3"], &out, HZ, &[]);
-
-    let profiles = read_profiles(&out);
+    let run = profile_fixture(&exe, &["3"], &out, HZ, &[]);
+    let (pid, stdout, log, profiles) = (run.pid, &run.stdout, &run.log, &run.profiles);
     assert!(!profiles.is_empty(), "no profile written");
-    let samples: Vec<FlatSample> = profiles
-        .iter()
-        .flat_map(|(_, p)| flatten(p))
-        .filter(|s| s.pid == pid as i64)
-        .collect();
+    let samples = run.samples();
     let total: i64 = samples.iter().map(|s| s.count).sum();
     let with_chain: i64 = samples
         .iter()
@@ -120,7 +93,7 @@ fn known_chain_is_profiled_with_the_right_weight_and_opens_in_go_pprof() {
 
     // go tool pprof opens every file without complaint, and sees the same thing.
     let go = go_tool();
-    for (path, _) in &profiles {
+    for (path, _) in profiles {
         let top = Command::new(&go)
             .args(["tool", "pprof", "-top"])
             .arg(path)
@@ -155,6 +128,12 @@ fn known_chain_is_profiled_with_the_right_weight_and_opens_in_go_pprof() {
         first_row.trim_end().ends_with(" leaf"),
         "leaf is not on top for pid {pid}:\n{text}"
     );
+    // The header names the profiled executable, not a pseudo mapping.
+    let file_line = text
+        .lines()
+        .find(|l| l.starts_with("File: "))
+        .unwrap_or_else(|| panic!("no File: line in:\n{text}"));
+    assert_eq!(file_line, "File: chain", "{text}");
     let raw = Command::new(&go)
         .args(["tool", "pprof", "-raw"])
         .arg(path)
@@ -185,12 +164,7 @@ fn syscall_heavy_workload_shows_kernel_frames_under_user_frames() {
         &["-O0", "-g", "-fno-omit-frame-pointer"],
     );
     let out = dir.path().join("profiles");
-    let (pid, _, _) = profile_fixture(&exe, &["2"], &out, HZ, &[]);
-    let samples: Vec<FlatSample> = read_profiles(&out)
-        .iter()
-        .flat_map(|(_, p)| flatten(p))
-        .filter(|s| s.pid == pid as i64)
-        .collect();
+    let samples = profile_fixture(&exe, &["2"], &out, HZ, &[]).samples();
     let total: i64 = samples.iter().map(|s| s.count).sum();
     assert!(total > 50, "too few samples: {total}");
     let mut kernel_then_user = 0;
@@ -243,15 +217,25 @@ fn overflow_is_counted_never_hidden() {
     let dir = tempfile::tempdir().unwrap();
     let exe = build_c(dir.path(), "chain", &["-O0", "-fno-omit-frame-pointer"]);
     let out = dir.path().join("profiles");
-    // A one-page ring that the reader ignores for two seconds at 999 Hz must overflow.
-    let (_, _, log) = profile_fixture(
-        &exe,
-        &["3"],
+    // A one-page ring at 999 Hz, with the agent stopped (SIGSTOP) for two seconds, as a
+    // reader starved of CPU would be, must overflow.
+    let run = profile_pid_with(
+        Gated::start(&exe, &["3"]),
         &out,
-        999,
-        &["--ring-buffer-bytes", "4096", "--stall-reader-secs", "2"],
+        Profiling {
+            hz: 999,
+            extra: &["--ring-buffer-bytes", "4096"],
+        },
+        |agent, _| {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            // SAFETY: kill(2) on the agent, our own child, which is running.
+            unsafe { libc::kill(agent as i32, libc::SIGSTOP) };
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            // SAFETY: as above.
+            unsafe { libc::kill(agent as i32, libc::SIGCONT) };
+        },
     );
-    let t = totals(&log);
+    let t = run.totals();
     assert!(t["ring_buffer_full"] > 100, "expected drops: {t:?}");
     assert!(t["delivered"] > 0, "{t:?}");
     assert_eq!(

@@ -2,7 +2,12 @@
 //! paths (vanished process, unreadable or bogus binary) that must be counted, not fatal.
 use std::{fs, path::Path, process::Command};
 
-use profiler_agent::processes::{Processes, UserFrame};
+use std::sync::Arc;
+
+use profiler_agent::{
+    process::{Processes, UserFrame},
+    stats::{AgentCounter, AgentStats},
+};
 use symbolizer::{Binary, Symbolizer, SymbolizerConfig};
 
 fn nm_symbol(exe: &Path, name: &str) -> u64 {
@@ -59,7 +64,8 @@ fn pie_addresses_normalize_to_elf_addresses() {
     fs::create_dir_all(&in_root).unwrap();
     fs::copy(&exe, in_root.join("chain")).unwrap();
 
-    let mut procs = Processes::new(&root);
+    let stats = Arc::new(AgentStats::default());
+    let mut procs = Processes::new(&root, stats.clone());
     let mut symbolizer = Symbolizer::new(SymbolizerConfig::default());
     for name in ["leaf", "middle", "outer", "main"] {
         let elf_addr = nm_symbol(&exe, name);
@@ -84,7 +90,7 @@ fn pie_addresses_normalize_to_elf_addresses() {
     fs::remove_file(in_root.join("chain")).unwrap();
     let again = procs.normalize(pid, &[base + nm_symbol(&exe, "leaf")]);
     assert!(matches!(again[0], UserFrame::Binary { .. }), "{again:?}");
-    assert_eq!(procs.stats.binary_open_failed, 0);
+    assert_eq!(stats.get(AgentCounter::BinaryOpenFailed), 0);
 }
 
 #[test]
@@ -92,7 +98,8 @@ fn vanished_process_and_bogus_binary_are_counted() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("proc");
     fs::create_dir_all(&root).unwrap();
-    let mut procs = Processes::new(&root);
+    let stats = Arc::new(AgentStats::default());
+    let mut procs = Processes::new(&root, stats.clone());
 
     // No /proc/PID at all: the process exited before we looked.
     let frames = procs.normalize(9999, &[0x401000, 0x402000]);
@@ -102,7 +109,7 @@ fn vanished_process_and_bogus_binary_are_counted() {
             .all(|f| matches!(f, UserFrame::Unmapped { .. })),
         "{frames:?}"
     );
-    assert_eq!(procs.stats.maps_unreadable, 1);
+    assert_eq!(stats.get(AgentCounter::MapsUnreadable), 1);
 
     // A mapping whose file is not an ELF: a region frame with the file offset, and a counter.
     fake_process(
@@ -119,17 +126,101 @@ fn vanished_process_and_bogus_binary_are_counted() {
         matches!(&frames[0], UserFrame::Region { name, offset: 0x1010 } if &**name == "/opt/junk"),
         "{frames:?}"
     );
-    assert_eq!(procs.stats.binary_open_failed, 1);
+    assert_eq!(stats.get(AgentCounter::BinaryOpenFailed), 1);
 
     // Garbage in maps is an unreadable process, not a panic.
     fake_process(&root, 78, "bad", "this is not a maps file\n");
     let frames = procs.normalize(78, &[0x1]);
     assert!(matches!(frames[0], UserFrame::Unmapped { .. }));
-    assert_eq!(procs.stats.maps_unreadable, 2);
+    assert_eq!(stats.get(AgentCounter::MapsUnreadable), 2);
 
     // Forgotten after two quiet intervals.
     procs.end_interval();
     procs.end_interval();
     procs.end_interval();
     assert_eq!(procs.tracked_processes(), 0);
+}
+
+/// A maps line that places `exe`'s executable segment at `base`, as the loader would, with
+/// the given device and inode.
+fn exec_mapping(exe: &Path, base: u64, inode: u64, path: &str) -> String {
+    let text = Binary::open(exe)
+        .unwrap()
+        .load_segments()
+        .iter()
+        .find(|s| s.executable)
+        .copied()
+        .expect("executable PT_LOAD");
+    let start = (base + text.p_vaddr) & !0xfff;
+    let end = (base + text.p_vaddr + text.p_memsz + 0xfff) & !0xfff;
+    format!(
+        "{start:x}-{end:x} r-xp {:08x} 08:01 {inode} {path}\n",
+        text.p_offset & !0xfff
+    )
+}
+
+fn gcc(src: &str, out: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(src);
+    assert!(Command::new("gcc")
+        .args(["-O0", "-pie", "-fPIE", "-o"])
+        .arg(out)
+        .arg(&src)
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// An inode freed and reused for another binary: a second process maps "the same" device and
+/// inode, but the file now has another size and mtime. It must get its own binary, with its
+/// own symbols, never the first binary's.
+#[test]
+fn a_recycled_inode_is_not_taken_for_the_old_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, second) = (tmp.path().join("chain"), tmp.path().join("deep"));
+    gcc("chain.c", &first);
+    gcc("deep_stack.c", &second);
+    let root = tmp.path().join("proc");
+    let base = 0x5555_5555_0000u64;
+    // One file on disk, seen by both fake processes through hard links: rewriting it in
+    // place keeps its device and inode, as a recycled inode would.
+    let shared = tmp.path().join("installed");
+    fs::copy(&first, &shared).unwrap();
+    for (pid, exe) in [(501, &first), (502, &second)] {
+        fake_process(
+            &root,
+            pid,
+            "app",
+            &exec_mapping(exe, base, 777, "/usr/bin/app"),
+        );
+        let bin_dir = root.join(pid.to_string()).join("root/usr/bin");
+        fs::create_dir_all(&bin_dir).unwrap();
+        fs::hard_link(&shared, bin_dir.join("app")).unwrap();
+    }
+    let stats = Arc::new(AgentStats::default());
+    let mut procs = Processes::new(&root, stats.clone());
+    let UserFrame::Binary { binary: old, .. } =
+        procs.normalize(501, &[base + nm_symbol(&first, "leaf")])[0]
+    else {
+        panic!("first binary not opened")
+    };
+
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(&shared, fs::read(&second).unwrap()).unwrap(); // same inode, new contents
+    let recurse = nm_symbol(&second, "recurse");
+    let frames = procs.normalize(502, &[base + recurse]);
+    let UserFrame::Binary { binary: new, vaddr } = frames[0] else {
+        panic!("{frames:?}")
+    };
+    assert_ne!(new, old, "the recycled inode reused the old binary");
+    let info = procs.binary(new).unwrap();
+    assert_eq!(
+        info.binary.bytes().len() as u64,
+        fs::metadata(&second).unwrap().len()
+    );
+    let mut symbolizer = Symbolizer::new(SymbolizerConfig::default());
+    let looked = symbolizer.symbolize(&info.binary, &[vaddr]).unwrap();
+    assert_eq!(looked[0].as_ref().unwrap()[0].function, "recurse");
+    assert_eq!(stats.get(AgentCounter::BinaryOpenFailed), 0);
 }

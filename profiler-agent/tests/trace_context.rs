@@ -5,7 +5,7 @@ mod common;
 use std::{collections::BTreeMap, path::Path, process::Command};
 
 use common::*;
-use profiler_agent::go_runtime;
+use profiler_agent::enrich::go_runtime;
 
 const TRACE_A: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const TRACE_B: &str = "0af7651916cd43dd8448eb211c80319c";
@@ -23,32 +23,7 @@ fn profile(exe: &Path, args: &[&str], dir: &Path) -> Vec<FlatSample> {
         "profiles-{}",
         exe.file_name().unwrap().to_string_lossy()
     ));
-    let mut fixture = Gated::start(exe, args);
-    let pid = fixture.pid().to_string();
-    let agent = Agent::start(
-        &out,
-        &[
-            "--pid",
-            &pid,
-            "--frequency",
-            "99",
-            "--profile-interval",
-            "60",
-        ],
-    );
-    fixture.go();
-    fixture.finish();
-    let log = agent.stop();
-    let t = totals(&log);
-    assert_eq!(
-        t["samples_taken"],
-        t["delivered"] + t["ring_buffer_full"],
-        "{t:?}"
-    );
-    read_profiles(&out)
-        .iter()
-        .flat_map(|(_, p)| flatten(p))
-        .collect()
+    profile_pid(Gated::start(exe, args), &out, Profiling::default()).samples()
 }
 
 /// Per leaf function: how many samples carried which trace id (None = no trace label).
@@ -241,22 +216,8 @@ fn hostile_otel_records_give_counted_misses_never_wrong_labels() {
         &["-O1", "-fno-omit-frame-pointer", "-pthread"],
     );
     let out = dir.path().join("profiles");
-    let mut fixture = Gated::start(&exe, &["3"]);
-    let pid = fixture.pid().to_string();
-    let agent = Agent::start(
-        &out,
-        &[
-            "--pid",
-            &pid,
-            "--frequency",
-            "99",
-            "--profile-interval",
-            "60",
-        ],
-    );
-    fixture.go();
-    fixture.finish();
-    let t = totals(&agent.stop());
+    let run = profile_pid(Gated::start(&exe, &["3"]), &out, Profiling::default());
+    let t = run.totals();
     assert!(
         t["context_read_error"] > 0,
         "bad pointer not counted: {t:?}"
@@ -265,10 +226,7 @@ fn hostile_otel_records_give_counted_misses_never_wrong_labels() {
         t["context_invalid"] > 0,
         "invalid record not counted: {t:?}"
     );
-    let samples: Vec<FlatSample> = read_profiles(&out)
-        .iter()
-        .flat_map(|(_, p)| flatten(p))
-        .collect();
+    let samples = run.samples();
     let uniform = ["11".repeat(16), "22".repeat(16)];
     let mut churn = 0;
     for s in &samples {
@@ -312,7 +270,7 @@ fn unknown_go_version_gives_no_labels_and_a_warning() {
         .unwrap();
 
     let out = dir.path().join("profiles");
-    let mut fixture = Gated::start(
+    let fixture = Gated::start(
         &patched,
         &[
             "2",
@@ -322,32 +280,16 @@ fn unknown_go_version_gives_no_labels_and_a_warning() {
             "bbbbbbbbbbbbbbbb",
         ],
     );
-    let pid = fixture.pid().to_string();
-    let agent = Agent::start(
-        &out,
-        &[
-            "--pid",
-            &pid,
-            "--frequency",
-            "99",
-            "--profile-interval",
-            "60",
-        ],
-    );
-    fixture.go();
-    fixture.finish();
-    let log = agent.stop();
+    let run = profile_pid(fixture, &out, Profiling::default());
+    let log = &run.log;
     let warnings = log
         .iter()
         .filter(|l| l.contains("Go version outside the label-offset table"))
         .count();
     assert_eq!(warnings, 1, "expected one warning: {log:?}");
     assert!(log.iter().any(|l| l.contains("go1.99.3")));
-    assert_eq!(totals(&log)["unknown_go_versions"], 1);
-    let samples: Vec<FlatSample> = read_profiles(&out)
-        .iter()
-        .flat_map(|(_, p)| flatten(p))
-        .collect();
+    assert_eq!(run.totals()["unknown_go_versions"], 1);
+    let samples = run.samples();
     assert!(!samples.is_empty());
     assert!(
         samples.iter().all(|s| label(s, "trace_id").is_none()),

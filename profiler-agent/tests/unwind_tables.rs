@@ -17,24 +17,10 @@ fn profile(exe: &Path, secs: &str, out: &Path, extra: &[&str]) -> (Vec<FlatSampl
     profile_gated(Gated::start(exe, &[secs]), out, extra)
 }
 
-fn profile_gated(mut fixture: Gated, out: &Path, extra: &[&str]) -> (Vec<FlatSample>, Vec<String>) {
-    let pid = fixture.pid().to_string();
-    let mut args = vec!["--pid", pid.as_str(), "--frequency", HZ];
-    if !extra.contains(&"--profile-interval") {
-        args.extend(["--profile-interval", "60"]);
-    }
-    args.extend_from_slice(extra);
-    let agent = Agent::start(out, &args);
-    fixture.go();
-    let pid = fixture.pid();
-    fixture.finish();
-    let log = agent.stop();
-    let samples = read_profiles(out)
-        .iter()
-        .flat_map(|(_, p)| flatten(p))
-        .filter(|s| s.pid == pid as i64)
-        .collect();
-    (samples, log)
+fn profile_gated(fixture: Gated, out: &Path, extra: &[&str]) -> (Vec<FlatSample>, Vec<String>) {
+    let hz = HZ.parse().unwrap();
+    let run = profile_pid(fixture, out, Profiling { hz, extra });
+    (run.samples(), run.log)
 }
 
 fn is(name: &str, want: &str) -> bool {

@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::*;
-use profiler_agent::pprof::proto::Profile;
+use profiler_agent::profile::pprof::proto::Profile;
 use symbolizer::{Binary, Symbolizer, SymbolizerConfig};
 
 type Chain = Vec<String>;
@@ -138,45 +138,34 @@ fn kernel_unwound_chains_match_perf_dwarf() {
     let exe = build_c(dir.path(), "qsort_chain", &["-O2", "-fomit-frame-pointer"]);
     let out = dir.path().join("profiles");
     let data = dir.path().join("perf.data");
-    let mut fixture = Gated::start(&exe, &["3"]);
-    let pid = fixture.pid();
-    let pid_s = pid.to_string();
-    let agent = Agent::start(
+    let run = profile_pid_with(
+        Gated::start(&exe, &["3"]),
         &out,
-        &[
-            "--pid",
-            &pid_s,
-            "--frequency",
-            "99",
-            "--profile-interval",
-            "60",
-        ],
+        Profiling::default(),
+        |_, pid| {
+            std::thread::sleep(Duration::from_millis(200));
+            let perf = Command::new("perf")
+                .args([
+                    "record",
+                    "-q",
+                    "-e",
+                    "cpu-clock:u",
+                    "-F",
+                    "99",
+                    "--call-graph",
+                    "dwarf",
+                    "-o",
+                ])
+                .arg(&data)
+                .args(["-p", &pid.to_string(), "--", "sleep", "2"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("perf (linux-perf) is installed by the setup");
+            assert!(perf.success(), "perf record failed: {perf:?}");
+        },
     );
-    fixture.go();
-    std::thread::sleep(Duration::from_millis(200));
-    let perf = Command::new("perf")
-        .args([
-            "record",
-            "-q",
-            "-e",
-            "cpu-clock:u",
-            "-F",
-            "99",
-            "--call-graph",
-            "dwarf",
-            "-o",
-        ])
-        .arg(&data)
-        .args(["-p", &pid_s, "--", "sleep", "2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("perf (linux-perf) is installed by the setup");
-    assert!(perf.success(), "perf record failed: {perf:?}");
-    fixture.finish();
-    agent.stop();
-
-    let ours = agent_chains(&read_profiles(&out), pid);
+    let ours = agent_chains(&run.profiles, run.pid);
     let theirs = perf_chains(&data);
     let (our_total, their_total): (i64, i64) = (ours.values().sum(), theirs.values().sum());
     eprintln!(

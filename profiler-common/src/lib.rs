@@ -3,6 +3,7 @@
 //! All types are `#[repr(C)]` with fixed-width fields and explicit padding, so the eBPF
 //! program and the agent agree on the layout byte for byte. Sizes are checked at compile time.
 #![no_std]
+#![warn(missing_docs)]
 
 pub mod unwind;
 
@@ -25,6 +26,7 @@ pub struct RawSample {
     pub pid: u32,
     /// Thread id (the kernel's pid).
     pub tid: u32,
+    /// CPU the sample was taken on.
     pub cpu: u32,
     /// Number of valid entries in `user_stack`; 0 when the stack was empty or unreadable.
     pub user_len: u32,
@@ -53,10 +55,15 @@ pub const LABEL_VALUE_LEN: usize = 48;
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct RawLabel {
+    /// Valid bytes in `key`.
     pub key_len: u8,
+    /// Valid bytes in `value`.
     pub value_len: u8,
+    /// Explicit padding; always zero.
     pub _pad: [u8; 6],
+    /// The key, truncated to `LABEL_KEY_LEN`.
     pub key: [u8; LABEL_KEY_LEN],
+    /// The value, truncated to `LABEL_VALUE_LEN`.
     pub value: [u8; LABEL_VALUE_LEN],
 }
 
@@ -84,9 +91,13 @@ pub struct RawContext {
     pub trace_flags: u8,
     /// Valid entries in `labels`.
     pub n_labels: u8,
+    /// Explicit padding; always zero.
     pub _pad: [u8; 4],
+    /// W3C trace id (OTel records).
     pub trace_id: [u8; 16],
+    /// W3C span id (OTel records).
     pub span_id: [u8; 8],
+    /// Go labels, `n_labels` of them valid.
     pub labels: [RawLabel; MAX_LABELS],
 }
 
@@ -140,116 +151,172 @@ const _: () = assert!(
 );
 const _: () = assert!(core::mem::align_of::<RawSample>() == 8);
 
-/// Per-CPU counters kept by the eBPF program, indexed by `Counter as u32`.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
-    /// Perf events that fired and passed the idle and pid filters: samples taken.
-    SamplesTaken = 0,
-    /// Samples lost because the ring buffer was full.
-    RingBufferFull = 1,
-    /// Samples whose user stack could not be read (`bpf_get_stack` failed).
-    UserStackError = 2,
-    /// Samples whose kernel stack could not be read.
-    KernelStackError = 3,
-    /// Perf events that landed on the idle task and were skipped.
-    IdleSkipped = 4,
-    /// Perf events discarded by the pid filter.
-    FilteredOut = 5,
-    /// A pointer on the way to a trace context could not be read.
-    ContextReadError = 6,
-    /// An OTel record was mid-update (`valid != 1`).
-    ContextInvalid = 7,
-    /// An OTel record was not sampled and so not copied.
-    ContextUnsampled = 8,
-    /// Labels were cut to `MAX_LABELS` or to the key/value size.
-    LabelsTruncated = 9,
-    /// Samples that carry a trace context or labels.
-    ContextCaptured = 10,
-    /// User stacks walked with unwind tables (the process had table mappings).
-    UnwindStacks = 11,
-    /// Frames of those walks recovered by the frame-pointer fallback.
-    UnwindFpFrames = 12,
-    /// Table walks by why they ended: `UnwindStopEndOfStack + StopReason as u32`.
-    UnwindStopEndOfStack = 13,
-    UnwindStopNoTable = 14,
-    UnwindStopPcNotCovered = 15,
-    UnwindStopReadFailure = 16,
-    UnwindStopDepthLimit = 17,
-    UnwindStopUnsupportedRow = 18,
-    UnwindStopBadFrame = 19,
+/// Declares a `#[repr(u32)]` enum whose variants are numbered from 0 in declaration order,
+/// with `COUNT`, `ALL` and `name()` generated from the one list, and a compile-time check that
+/// `ALL[i] as u32 == i` (so the enum can index a kernel array).
+#[macro_export]
+macro_rules! indexed_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident => $label:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl $name {
+            /// Number of variants.
+            pub const COUNT: u32 = [$($label),+].len() as u32;
+            /// Every variant, in index order.
+            pub const ALL: [$name; Self::COUNT as usize] = [$($name::$variant),+];
+
+            /// The snake_case name used in logs, profile comments and metrics.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+        }
+
+        const _: () = {
+            let mut i = 0;
+            while i < $name::ALL.len() {
+                assert!($name::ALL[i] as usize == i);
+                i += 1;
+            }
+        };
+    };
+}
+
+indexed_enum! {
+    /// Per-CPU counters kept by the eBPF program, indexed by `Counter as u32`.
+    pub enum Counter {
+        /// Perf events that fired and passed the idle and pid filters: samples taken.
+        SamplesTaken => "samples_taken",
+        /// Samples lost because the ring buffer was full.
+        RingBufferFull => "ring_buffer_full",
+        /// Samples whose user stack could not be read (`bpf_get_stack` failed).
+        UserStackError => "user_stack_error",
+        /// Samples whose kernel stack could not be read.
+        KernelStackError => "kernel_stack_error",
+        /// Perf events that landed on the idle task and were skipped.
+        IdleSkipped => "idle_skipped",
+        /// Perf events discarded by the pid filter.
+        FilteredOut => "filtered_out",
+        /// A pointer on the way to a trace context could not be read.
+        ContextReadError => "context_read_error",
+        /// An OTel record was mid-update (`valid != 1`).
+        ContextInvalid => "context_invalid",
+        /// An OTel record was not sampled and so not copied.
+        ContextUnsampled => "context_unsampled",
+        /// Labels were cut to `MAX_LABELS` or to the key/value size.
+        LabelsTruncated => "labels_truncated",
+        /// Samples that carry a trace context or labels.
+        ContextCaptured => "context_captured",
+        /// User stacks walked with unwind tables (the process had table mappings).
+        UnwindStacks => "unwind_stacks",
+        /// Frames of those walks recovered by the frame-pointer fallback.
+        UnwindFpFrames => "unwind_fp_frames",
+        /// Table walks by why they ended, in [`unwind::StopReason`] order (checked below).
+        UnwindStopEndOfStack => "unwind_stop_end_of_stack",
+        /// See [`unwind::StopReason::NoTable`].
+        UnwindStopNoTable => "unwind_stop_no_table",
+        /// See [`unwind::StopReason::PcNotCovered`].
+        UnwindStopPcNotCovered => "unwind_stop_pc_not_covered",
+        /// See [`unwind::StopReason::ReadFailure`].
+        UnwindStopReadFailure => "unwind_stop_read_failure",
+        /// See [`unwind::StopReason::DepthLimit`].
+        UnwindStopDepthLimit => "unwind_stop_depth_limit",
+        /// See [`unwind::StopReason::UnsupportedRow`].
+        UnwindStopUnsupportedRow => "unwind_stop_unsupported_row",
+        /// See [`unwind::StopReason::BadFrame`].
+        UnwindStopBadFrame => "unwind_stop_bad_frame",
+    }
 }
 
 impl Counter {
-    pub const COUNT: u32 = 20;
-    pub const ALL: [Counter; Self::COUNT as usize] = [
-        Counter::SamplesTaken,
-        Counter::RingBufferFull,
-        Counter::UserStackError,
-        Counter::KernelStackError,
-        Counter::IdleSkipped,
-        Counter::FilteredOut,
-        Counter::ContextReadError,
-        Counter::ContextInvalid,
-        Counter::ContextUnsampled,
-        Counter::LabelsTruncated,
-        Counter::ContextCaptured,
-        Counter::UnwindStacks,
-        Counter::UnwindFpFrames,
-        Counter::UnwindStopEndOfStack,
-        Counter::UnwindStopNoTable,
-        Counter::UnwindStopPcNotCovered,
-        Counter::UnwindStopReadFailure,
-        Counter::UnwindStopDepthLimit,
-        Counter::UnwindStopUnsupportedRow,
-        Counter::UnwindStopBadFrame,
-    ];
-
-    /// The counter of a table walk that ended for `reason`.
+    /// The counter of a table walk that ended for `reason`: the stop counters follow the
+    /// stop reasons in order, which the assertion below checks name by name.
     pub const fn for_stop(reason: unwind::StopReason) -> Counter {
+        use unwind::StopReason as R;
+        // A match, not an index into ALL: the eBPF build must not carry a bounds check.
         match reason {
-            unwind::StopReason::EndOfStack => Counter::UnwindStopEndOfStack,
-            unwind::StopReason::NoTable => Counter::UnwindStopNoTable,
-            unwind::StopReason::PcNotCovered => Counter::UnwindStopPcNotCovered,
-            unwind::StopReason::ReadFailure => Counter::UnwindStopReadFailure,
-            unwind::StopReason::DepthLimit => Counter::UnwindStopDepthLimit,
-            unwind::StopReason::UnsupportedRow => Counter::UnwindStopUnsupportedRow,
-            unwind::StopReason::BadFrame => Counter::UnwindStopBadFrame,
-        }
-    }
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Counter::SamplesTaken => "samples_taken",
-            Counter::RingBufferFull => "ring_buffer_full",
-            Counter::UserStackError => "user_stack_error",
-            Counter::KernelStackError => "kernel_stack_error",
-            Counter::IdleSkipped => "idle_skipped",
-            Counter::FilteredOut => "filtered_out",
-            Counter::ContextReadError => "context_read_error",
-            Counter::ContextInvalid => "context_invalid",
-            Counter::ContextUnsampled => "context_unsampled",
-            Counter::LabelsTruncated => "labels_truncated",
-            Counter::ContextCaptured => "context_captured",
-            Counter::UnwindStacks => "unwind_stacks",
-            Counter::UnwindFpFrames => "unwind_fp_frames",
-            Counter::UnwindStopEndOfStack => "unwind_stop_end_of_stack",
-            Counter::UnwindStopNoTable => "unwind_stop_no_table",
-            Counter::UnwindStopPcNotCovered => "unwind_stop_pc_not_covered",
-            Counter::UnwindStopReadFailure => "unwind_stop_read_failure",
-            Counter::UnwindStopDepthLimit => "unwind_stop_depth_limit",
-            Counter::UnwindStopUnsupportedRow => "unwind_stop_unsupported_row",
-            Counter::UnwindStopBadFrame => "unwind_stop_bad_frame",
+            R::EndOfStack => Counter::UnwindStopEndOfStack,
+            R::NoTable => Counter::UnwindStopNoTable,
+            R::PcNotCovered => Counter::UnwindStopPcNotCovered,
+            R::ReadFailure => Counter::UnwindStopReadFailure,
+            R::DepthLimit => Counter::UnwindStopDepthLimit,
+            R::UnsupportedRow => Counter::UnwindStopUnsupportedRow,
+            R::BadFrame => Counter::UnwindStopBadFrame,
         }
     }
 }
+
+/// `a == b`, usable in constants.
+const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// `name == "unwind_stop_" + reason`.
+const fn is_stop_counter_name(name: &str, reason: &str) -> bool {
+    let prefix = b"unwind_stop_";
+    let n = name.as_bytes();
+    if n.len() != prefix.len() + reason.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < prefix.len() {
+        if n[i] != prefix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    let (_, tail) = n.split_at(prefix.len());
+    match core::str::from_utf8(tail) {
+        Ok(t) => str_eq(t, reason),
+        Err(_) => false,
+    }
+}
+
+const _: () = {
+    let mut i = 0;
+    while i < unwind::StopReason::ALL.len() {
+        let reason = unwind::StopReason::ALL[i];
+        assert!(is_stop_counter_name(
+            Counter::for_stop(reason).name(),
+            reason.name()
+        ));
+        assert!(Counter::for_stop(reason) as u32 == Counter::UnwindStopEndOfStack as u32 + i as u32);
+        i += 1;
+    }
+    assert!(Counter::UnwindStopEndOfStack as u32 + unwind::StopReason::COUNT == Counter::COUNT);
+};
 
 /// Name of the eBPF program in the object file.
 pub const PROGRAM_NAME: &str = "profile_cpu";
 /// Map and global names, shared so neither side hard-codes a string twice.
 pub mod names {
+    /// The sample ring buffer.
     pub const SAMPLES: &str = "SAMPLES";
+    /// Per-CPU [`Counter`](super::Counter) array.
     pub const COUNTERS: &str = "COUNTERS";
+    /// Pids to sample when `FILTER_ENABLED` is set.
     pub const FILTER_PIDS: &str = "FILTER_PIDS";
     /// `.rodata` global: non-zero when only pids in `FILTER_PIDS` are sampled.
     pub const FILTER_ENABLED: &str = "FILTER_ENABLED";

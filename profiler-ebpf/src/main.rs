@@ -196,7 +196,12 @@ fn stack_len(
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
+    // An endless loop here would be rejected by the verifier if any panic path survived;
+    // the loader already fails on a surviving `call` to this handler ("last insn is not an
+    // exit or jmp"), so telling LLVM it is unreachable adds no risk and no instructions.
+    // SAFETY: every index and arithmetic step in this program is bounded so that no panic
+    // path remains; the verifier refuses the object otherwise.
+    unsafe { core::hint::unreachable_unchecked() }
 }
 
 #[link_section = "license"]

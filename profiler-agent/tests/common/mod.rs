@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use profiler_agent::pprof::{decode_gzip, proto::Profile};
+use profiler_agent::profile::pprof::{decode_gzip, proto::Profile};
 
 /// Compiles a C fixture from tests/fixtures with gcc into `dir`.
 pub fn build_c(dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
@@ -97,6 +97,11 @@ impl Agent {
         agent
     }
 
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
         let start = Instant::now();
         while start.elapsed() < timeout {
@@ -125,6 +130,89 @@ impl Agent {
         );
         log
     }
+}
+
+/// What one [`profile_pid`] run produced.
+pub struct Run {
+    /// The fixture's pid.
+    pub pid: u32,
+    /// The fixture's stdout.
+    pub stdout: String,
+    /// The agent's whole log.
+    pub log: Vec<String>,
+    /// Every profile written, in time order.
+    pub profiles: Vec<(PathBuf, Profile)>,
+}
+
+impl Run {
+    /// The fixture's samples over every profile.
+    pub fn samples(&self) -> Vec<FlatSample> {
+        self.profiles
+            .iter()
+            .flat_map(|(_, p)| flatten(p))
+            .filter(|s| s.pid == self.pid as i64)
+            .collect()
+    }
+
+    /// The totals line's counters.
+    pub fn totals(&self) -> std::collections::HashMap<String, u64> {
+        totals(&self.log)
+    }
+}
+
+/// How [`profile_pid`] runs the agent.
+pub struct Profiling<'a> {
+    /// Samples per second per CPU.
+    pub hz: u32,
+    /// More agent flags (`--profile-interval 60` is the default unless given here).
+    pub extra: &'a [&'a str],
+}
+
+impl Default for Profiling<'_> {
+    fn default() -> Self {
+        Profiling { hz: 99, extra: &[] }
+    }
+}
+
+/// The one end-to-end harness: starts the agent filtered to the gated fixture's pid, lets the
+/// fixture run to its end (calling `during` meanwhile, with the agent's pid), stops the
+/// agent with SIGINT and reads back everything it wrote into `out`.
+pub fn profile_pid_with(
+    mut fixture: Gated,
+    out: &Path,
+    how: Profiling<'_>,
+    during: impl FnOnce(u32, u32),
+) -> Run {
+    let pid = fixture.pid();
+    let pid_s = pid.to_string();
+    let hz = how.hz.to_string();
+    let mut args = vec!["--pid", pid_s.as_str(), "--frequency", hz.as_str()];
+    if !how.extra.contains(&"--profile-interval") {
+        args.extend(["--profile-interval", "60"]);
+    }
+    args.extend_from_slice(how.extra);
+    let agent = Agent::start(out, &args);
+    fixture.go();
+    during(agent.pid(), pid);
+    let stdout = fixture.finish();
+    let log = agent.stop();
+    let t = totals(&log);
+    assert_eq!(
+        t["samples_taken"],
+        t["delivered"] + t["ring_buffer_full"],
+        "every sample is delivered or counted as dropped: {t:?}"
+    );
+    Run {
+        pid,
+        stdout,
+        log,
+        profiles: read_profiles(out),
+    }
+}
+
+/// [`profile_pid_with`] with nothing to do meanwhile.
+pub fn profile_pid(fixture: Gated, out: &Path, how: Profiling<'_>) -> Run {
+    profile_pid_with(fixture, out, how, |_, _| {})
 }
 
 /// Parses `key=value` fields of the agent's `totals` log line.

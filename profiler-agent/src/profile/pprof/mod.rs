@@ -22,6 +22,14 @@ pub fn encode_gzip(profile: &proto::Profile) -> std::io::Result<Vec<u8>> {
     gz.finish()
 }
 
+/// Adds comments to a finished profile (their strings go at the end of the string table).
+pub fn append_comments(profile: &mut proto::Profile, comments: &[String]) {
+    for c in comments {
+        profile.comment.push(profile.string_table.len() as i64);
+        profile.string_table.push(c.clone());
+    }
+}
+
 /// Inverse of [`encode_gzip`]; used by tests and tools.
 pub fn decode_gzip(bytes: &[u8]) -> anyhow::Result<proto::Profile> {
     use std::io::Read as _;

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use aya::maps::MapData;
 use profiler_common::unwind::UnwindRow;
 
+/// The row array, writable from the agent.
 pub struct MappedRows {
     ptr: *mut UnwindRow,
     rows: u32,

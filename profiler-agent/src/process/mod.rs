@@ -1,7 +1,11 @@
-//! Tracks processes and their mappings, and normalizes user addresses into
+//! The process tracker: each process's mappings from `/proc/PID/maps`, the binaries behind
+//! them (opened once per file identity), and the normalization of user addresses into
 //! (binary, ELF virtual address) while the process is still alive.
+pub mod file_id;
+pub mod maps;
+
 use std::{
-    collections::{hash_map::Entry, HashMap},
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -9,7 +13,9 @@ use std::{
 use symbolizer::Binary;
 use tracing::debug;
 
-use crate::proc_maps::{self, MapEntry};
+use crate::stats::{AgentCounter, AgentStats};
+use file_id::FileIdentity;
+use maps::MapEntry;
 
 /// Stable handle of an opened binary; never reused within one agent run.
 pub type BinaryKey = u32;
@@ -19,6 +25,7 @@ pub type BinaryKey = u32;
 pub struct BinaryInfo {
     /// The path as the process saw it.
     pub path: String,
+    /// The opened file.
     pub binary: Arc<Binary>,
 }
 
@@ -26,53 +33,59 @@ pub struct BinaryInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum UserFrame {
     /// Inside an ELF file: `vaddr` is the address in the file's own address space.
-    Binary { binary: BinaryKey, vaddr: u64 },
+    Binary {
+        /// Which binary.
+        binary: BinaryKey,
+        /// The ELF virtual address.
+        vaddr: u64,
+    },
     /// Inside a mapping that could not be tied to a readable ELF file (`[vdso]`, anonymous
     /// JIT memory, a binary that vanished): keep the region's name and the offset into it.
-    Region { name: Arc<str>, offset: u64 },
+    Region {
+        /// The mapping's path or pseudo name (`[anon]` for anonymous memory).
+        name: Arc<str>,
+        /// File offset for file mappings, else the offset from the mapping's start.
+        offset: u64,
+    },
     /// No mapping contains the address.
-    Unmapped { addr: u64 },
+    Unmapped {
+        /// The raw address.
+        addr: u64,
+    },
 }
 
-/// Counters for everything that went wrong while tracking processes.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ProcessStats {
-    pub maps_unreadable: u64,
-    pub maps_rereads: u64,
-    pub binary_open_failed: u64,
-    pub unmapped_addresses: u64,
+/// What became of one map entry's binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opened {
+    /// No address in it was normalized yet.
+    NotYet,
+    /// Opening failed; not retried for this entry.
+    Failed,
+    /// Opened as this binary.
+    Binary(BinaryKey),
 }
 
 struct Process {
     name: String,
+    /// `/proc/PID/exe` as the process saw it, to name the profile's main binary.
+    exe: Option<String>,
     maps: Vec<MapEntry>,
-    /// Opened binary per map entry, filled lazily; `Some(None)` means opening failed.
-    opened: Vec<Option<Option<BinaryKey>>>,
+    /// Per entry of `maps`.
+    opened: Vec<Opened>,
     last_seen: u64,
     reread_in_generation: bool,
 }
 
-impl Process {
-    fn empty(generation: u64) -> Process {
-        Process {
-            name: String::new(),
-            maps: Vec::new(),
-            opened: Vec::new(),
-            last_seen: generation,
-            reread_in_generation: false,
-        }
-    }
-}
-
+/// Every process seen in recent intervals.
 pub struct Processes {
     proc_root: PathBuf,
     procs: HashMap<u32, Process>,
-    by_file: HashMap<(u32, u32, u64), BinaryKey>,
+    by_file: HashMap<FileIdentity, BinaryKey>,
     binaries: HashMap<BinaryKey, BinaryInfo>,
     next_key: BinaryKey,
     generation: u64,
     new_pids: Vec<u32>,
-    pub stats: ProcessStats,
+    stats: Arc<AgentStats>,
 }
 
 /// The processes to prepare for at start: `filter` when profiling only those, else every
@@ -89,9 +102,22 @@ pub fn initial_pids(proc_root: &Path, filter: &[u32]) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+impl Process {
+    fn empty() -> Process {
+        Process {
+            name: String::new(),
+            exe: None,
+            maps: Vec::new(),
+            opened: Vec::new(),
+            last_seen: 0,
+            reread_in_generation: false,
+        }
+    }
+}
+
 impl Processes {
     /// `proc_root` is `/proc` in production; tests pass a fake tree.
-    pub fn new(proc_root: impl Into<PathBuf>) -> Self {
+    pub fn new(proc_root: impl Into<PathBuf>, stats: Arc<AgentStats>) -> Self {
         Processes {
             proc_root: proc_root.into(),
             procs: HashMap::new(),
@@ -100,16 +126,23 @@ impl Processes {
             next_key: 1,
             generation: 0,
             new_pids: Vec::new(),
-            stats: ProcessStats::default(),
+            stats,
         }
     }
 
+    /// An opened binary.
     pub fn binary(&self, key: BinaryKey) -> Option<&BinaryInfo> {
         self.binaries.get(&key)
     }
 
+    /// The process's `comm` ("" if it could not be read).
     pub fn process_name(&mut self, pid: u32) -> &str {
         &self.process(pid).name
+    }
+
+    /// The executable's path as the process saw it, if known.
+    pub fn exe_path(&mut self, pid: u32) -> Option<&str> {
+        self.process(pid).exe.as_deref()
     }
 
     /// Processes seen for the first time since the last call.
@@ -117,22 +150,24 @@ impl Processes {
         std::mem::take(&mut self.new_pids)
     }
 
+    /// Processes tracked right now.
     pub fn tracked_processes(&self) -> usize {
         self.procs.len()
     }
 
+    /// `/proc`, or the fake tree of a test.
+    pub fn proc_root(&self) -> &Path {
+        &self.proc_root
+    }
+
     fn process(&mut self, pid: u32) -> &mut Process {
-        let generation = self.generation;
-        let fresh = if self.procs.contains_key(&pid) {
-            None
-        } else {
+        if !self.procs.contains_key(&pid) {
             self.new_pids.push(pid);
-            Some(self.read_process(pid))
-        };
-        let p = match self.procs.entry(pid) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(v) => v.insert(fresh.unwrap_or_else(|| Process::empty(generation))),
-        };
+            let fresh = self.read_process(pid);
+            self.procs.insert(pid, fresh);
+        }
+        let generation = self.generation;
+        let p = self.procs.entry(pid).or_insert_with(Process::empty);
         p.last_seen = generation;
         p
     }
@@ -142,12 +177,15 @@ impl Processes {
         let name = std::fs::read_to_string(dir.join("comm"))
             .map(|s| s.trim_end().to_string())
             .unwrap_or_default();
+        let exe = std::fs::read_link(dir.join("exe"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
         let maps = self.read_maps(pid);
-        let opened = vec![None; maps.len()];
         Process {
             name,
+            exe,
+            opened: vec![Opened::NotYet; maps.len()],
             maps,
-            opened,
             last_seen: self.generation,
             reread_in_generation: false,
         }
@@ -156,16 +194,16 @@ impl Processes {
     fn read_maps(&mut self, pid: u32) -> Vec<MapEntry> {
         let path = self.proc_root.join(pid.to_string()).join("maps");
         match std::fs::read_to_string(&path) {
-            Ok(text) => match proc_maps::parse_maps(&text) {
+            Ok(text) => match maps::parse_maps(&text) {
                 Ok(maps) => maps,
                 Err(error) => {
-                    self.stats.maps_unreadable += 1;
+                    self.stats.inc(AgentCounter::MapsUnreadable);
                     debug!(pid, %error, "unparsable maps; its frames stay unsymbolized");
                     Vec::new()
                 }
             },
             Err(error) => {
-                self.stats.maps_unreadable += 1;
+                self.stats.inc(AgentCounter::MapsUnreadable);
                 debug!(pid, %error, "maps unreadable (process exited?); its frames stay unsymbolized");
                 Vec::new()
             }
@@ -174,12 +212,10 @@ impl Processes {
 
     /// Normalizes a user stack, innermost first.
     pub fn normalize(&mut self, pid: u32, addrs: &[u64]) -> Vec<UserFrame> {
-        let mut out = Vec::with_capacity(addrs.len());
-        for &addr in addrs {
-            let frame = self.normalize_one(pid, addr);
-            out.push(frame);
-        }
-        out
+        addrs
+            .iter()
+            .map(|&addr| self.normalize_one(pid, addr))
+            .collect()
     }
 
     fn normalize_one(&mut self, pid: u32, addr: u64) -> UserFrame {
@@ -189,18 +225,18 @@ impl Processes {
             let p = self.process(pid);
             if !p.reread_in_generation && !p.maps.is_empty() {
                 p.reread_in_generation = true;
-                self.stats.maps_rereads += 1;
+                self.stats.inc(AgentCounter::MapsRereads);
                 let maps = self.read_maps(pid);
                 let p = self.process(pid);
                 if !maps.is_empty() {
-                    p.opened = vec![None; maps.len()];
+                    p.opened = vec![Opened::NotYet; maps.len()];
                     p.maps = maps;
                 }
                 idx = self.find_entry(pid, addr);
             }
         }
         let Some(idx) = idx else {
-            self.stats.unmapped_addresses += 1;
+            self.stats.inc(AgentCounter::UnmappedAddresses);
             return UserFrame::Unmapped { addr };
         };
         let (start, offset, is_file) = {
@@ -210,7 +246,8 @@ impl Processes {
         let file_offset = addr - start + offset;
         if is_file {
             if let Some(key) = self.open_binary(pid, idx) {
-                if let Some(vaddr) = self.binaries[&key].binary.file_offset_to_vaddr(file_offset) {
+                let info = self.binaries.get(&key);
+                if let Some(vaddr) = info.and_then(|i| i.binary.file_offset_to_vaddr(file_offset)) {
                     return UserFrame::Binary { binary: key, vaddr };
                 }
             }
@@ -228,54 +265,67 @@ impl Processes {
     }
 
     fn find_entry(&mut self, pid: u32, addr: u64) -> Option<usize> {
-        proc_maps::find_index(&self.process(pid).maps, addr)
+        maps::find_index(&self.process(pid).maps, addr)
     }
 
     /// The binary behind map entry `idx`, opened the first time any of its addresses is seen.
     fn open_binary(&mut self, pid: u32, idx: usize) -> Option<BinaryKey> {
-        if let Some(done) = self.process(pid).opened[idx] {
-            return done;
+        match self.process(pid).opened[idx] {
+            Opened::Binary(key) => return Some(key),
+            Opened::Failed => return None,
+            Opened::NotYet => {}
         }
-        let entry = &self.process(pid).maps[idx].clone();
-        let file_id = (entry.dev_major, entry.dev_minor, entry.inode);
-        let key = match self.by_file.get(&file_id) {
-            Some(&key) => Some(key),
-            None => self.open_new(pid, entry).map(|info| {
-                let key = self.next_key;
-                self.next_key += 1;
-                self.binaries.insert(key, info);
-                self.by_file.insert(file_id, key);
-                key
-            }),
+        let entry = self.process(pid).maps[idx].clone();
+        let opened = match self.open_file(pid, &entry) {
+            Some(key) => Opened::Binary(key),
+            None => {
+                self.stats.inc(AgentCounter::BinaryOpenFailed);
+                Opened::Failed
+            }
         };
-        self.process(pid).opened[idx] = Some(key);
-        key
+        self.process(pid).opened[idx] = opened;
+        match opened {
+            Opened::Binary(key) => Some(key),
+            _ => None,
+        }
     }
 
-    fn open_new(&mut self, pid: u32, entry: &MapEntry) -> Option<BinaryInfo> {
-        // map_files works even when the file was deleted or lives in another mount namespace.
+    /// Finds the mapped file, reuses the binary already opened for its identity, or opens it.
+    fn open_file(&mut self, pid: u32, entry: &MapEntry) -> Option<BinaryKey> {
         let pid_dir = self.proc_root.join(pid.to_string());
-        let candidates = [
-            pid_dir
-                .join("map_files")
-                .join(format!("{:x}-{:x}", entry.start, entry.end)),
-            pid_dir
-                .join("root")
-                .join(entry.path.trim_start_matches('/')),
-        ];
+        // The path inside the process's mount namespace: `.gnu_debuglink` and build-id
+        // lookups search next to it, never under `map_files/`.
+        let in_root = pid_dir
+            .join("root")
+            .join(entry.path.trim_start_matches('/'));
+        // map_files works even when the file was deleted or lives in another mount namespace.
+        let by_range = pid_dir
+            .join("map_files")
+            .join(format!("{:x}-{:x}", entry.start, entry.end));
         let mut last_error = None;
-        for candidate in candidates {
-            match Binary::open(&candidate) {
-                Ok(binary) => {
-                    return Some(BinaryInfo {
-                        path: entry.path.clone(),
-                        binary,
-                    })
+        for candidate in [&by_range, &in_root] {
+            let identity = match FileIdentity::of(candidate) {
+                Ok(id) => id,
+                Err(error) => {
+                    last_error = Some(error.to_string());
+                    continue;
                 }
-                Err(error) => last_error = Some(error),
+            };
+            if let Some(&key) = self.by_file.get(&identity) {
+                return Some(key);
+            }
+            match Binary::open_as(candidate, &in_root) {
+                Ok(binary) => {
+                    let key = self.next_key;
+                    self.next_key += 1;
+                    let path = entry.path.clone();
+                    self.binaries.insert(key, BinaryInfo { path, binary });
+                    self.by_file.insert(identity, key);
+                    return Some(key);
+                }
+                Err(error) => last_error = Some(error.to_string()),
             }
         }
-        self.stats.binary_open_failed += 1;
         if let Some(error) = last_error {
             debug!(pid, path = %entry.path, %error, "cannot open binary; its frames stay unsymbolized");
         }
@@ -288,18 +338,15 @@ impl Processes {
         self.generation += 1;
         let keep_after = self.generation.saturating_sub(2);
         self.procs.retain(|_, p| p.last_seen >= keep_after);
+        let mut live = HashSet::new();
         for p in self.procs.values_mut() {
             p.reread_in_generation = false;
-        }
-        let mut live = std::collections::HashSet::new();
-        for p in self.procs.values() {
-            live.extend(p.opened.iter().flatten().flatten().copied());
+            live.extend(p.opened.iter().filter_map(|o| match o {
+                Opened::Binary(key) => Some(*key),
+                _ => None,
+            }));
         }
         self.binaries.retain(|key, _| live.contains(key));
         self.by_file.retain(|_, key| live.contains(key));
-    }
-
-    pub fn proc_root(&self) -> &Path {
-        &self.proc_root
     }
 }

@@ -6,9 +6,13 @@ use profiler_common::{GO_LABELS_MAP, GO_LABELS_SLICE};
 /// Offsets for one Go release on amd64, checked against DWARF by the tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GoOffsets {
+    /// offsetof(runtime.g, m).
     pub g_m: u32,
+    /// offsetof(runtime.m, curg).
     pub m_curg: u32,
+    /// offsetof(runtime.g, labels).
     pub g_labels: u32,
+    /// `GO_LABELS_MAP` or `GO_LABELS_SLICE`.
     pub layout: u32,
 }
 

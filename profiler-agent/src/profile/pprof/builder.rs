@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use super::proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 
+/// Collects one profile's tables.
 #[derive(Default)]
 pub struct ProfileBuilder {
     strings: Vec<String>,
@@ -19,27 +20,37 @@ pub struct ProfileBuilder {
 
 /// What a mapping is, before it gets an id.
 pub struct MappingSpec<'a> {
+    /// Lowest address.
     pub memory_start: u64,
+    /// One past the highest address.
     pub memory_limit: u64,
+    /// File offset of `memory_start`.
     pub file_offset: u64,
+    /// Path or pseudo name.
     pub filename: &'a str,
+    /// GNU or Go build id, hex; may be empty.
     pub build_id: &'a str,
 }
 
 /// One frame of a location, innermost first.
 pub struct LineSpec<'a> {
+    /// Function name.
     pub function: &'a str,
+    /// Source file; may be empty.
     pub filename: &'a str,
+    /// Line; 0 when unknown.
     pub line: i64,
 }
 
 impl ProfileBuilder {
+    /// An empty profile whose string table starts with "".
     pub fn new() -> Self {
         let mut b = ProfileBuilder::default();
         b.string("");
         b
     }
 
+    /// The string's index, interned.
     pub fn string(&mut self, s: &str) -> i64 {
         if let Some(&id) = self.string_ids.get(s) {
             return id;
@@ -50,6 +61,7 @@ impl ProfileBuilder {
         id
     }
 
+    /// A new mapping; returns its id.
     pub fn add_mapping(&mut self, spec: MappingSpec<'_>) -> u64 {
         let id = self.mappings.len() as u64 + 1;
         let filename = self.string(spec.filename);
@@ -66,6 +78,7 @@ impl ProfileBuilder {
         id
     }
 
+    /// A mapping to adjust (its range grows with the addresses seen).
     pub fn mapping_mut(&mut self, id: u64) -> Option<&mut Mapping> {
         self.mappings.get_mut(id.checked_sub(1)? as usize)
     }
@@ -142,6 +155,7 @@ impl ProfileBuilder {
         )
     }
 
+    /// A string label.
     pub fn str_label(&mut self, key: &str, value: &str) -> Label {
         Label {
             key: self.string(key),
@@ -151,6 +165,7 @@ impl ProfileBuilder {
         }
     }
 
+    /// A numeric label.
     pub fn num_label(&mut self, key: &str, value: i64) -> Label {
         Label {
             key: self.string(key),
@@ -160,6 +175,7 @@ impl ProfileBuilder {
         }
     }
 
+    /// A sample: locations innermost first, values in sample-type order.
     pub fn add_sample(&mut self, location_id: Vec<u64>, value: Vec<i64>, label: Vec<Label>) {
         self.samples.push(Sample {
             location_id,
@@ -267,7 +283,9 @@ mod tests {
             .sample
             .iter()
             .all(|s| s.value.len() == p.sample_type.len()));
-        let round = crate::pprof::decode_gzip(&crate::pprof::encode_gzip(&p).unwrap()).unwrap();
+        let round =
+            crate::profile::pprof::decode_gzip(&crate::profile::pprof::encode_gzip(&p).unwrap())
+                .unwrap();
         assert_eq!(round, p);
     }
 }

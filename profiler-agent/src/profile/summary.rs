@@ -1,7 +1,7 @@
 //! The one-line summary logged at each write.
 use std::collections::HashMap;
 
-use crate::pprof::proto::Profile;
+use crate::profile::pprof::proto::Profile;
 
 /// The `n` functions with the most self (leaf) samples, with their sample counts.
 pub fn top_functions(p: &Profile, n: usize) -> Vec<(String, i64)> {
@@ -34,6 +34,7 @@ pub fn top_functions(p: &Profile, n: usize) -> Vec<(String, i64)> {
     top
 }
 
+/// `name (count), …`.
 pub fn format_top(top: &[(String, i64)]) -> String {
     top.iter()
         .map(|(n, c)| format!("{n} ({c})"))

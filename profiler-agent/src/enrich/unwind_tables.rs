@@ -4,7 +4,8 @@
 use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Instant,
 };
 
 use anyhow::{Context as _, Result};
@@ -19,41 +20,41 @@ use profiler_unwind::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    mapped_rows::MappedRows,
-    proc_maps::{self, MapEntry},
+    bpf::mapped_rows::MappedRows,
+    process::{
+        file_id::FileIdentity,
+        maps::{self, MapEntry},
+    },
+    stats::{AgentCounter, AgentStats},
 };
 
-/// A binary's identity: (device major, device minor, inode), as `/proc/PID/maps` shows it.
-type FileKey = (u32, u32, u64);
+/// A binary's identity, as every other cache of the agent sees it.
+type FileKey = FileIdentity;
+/// A mapping's file as `/proc/PID/maps` shows it: (device major, device minor, inode).
+type MapsFile = (u32, u32, u64);
+
+/// Binaries remembered as failed at most: past it the marks are dropped and retried.
+const MAX_FAILED_MARKS: usize = 16384;
 
 /// The eBPF program's three table maps.
 pub struct UnwindMaps {
+    /// Every table's rows, mapped into the agent.
     pub rows: MappedRows,
+    /// Per-table metadata.
     pub tables: Array<MapData, UnwindTableInfo>,
+    /// (pid, address range) to table and bias.
     pub mappings: LpmTrie<MapData, MappingKey, UnwindMapping>,
 }
 
-/// Everything counted while building and loading tables.
+/// What is loaded right now (the counters live in the agent's registry).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct UnwindTableStats {
+pub struct UnwindTableLevels {
     /// Processes with at least one table-covered mapping.
     pub processes: u64,
-    /// Binaries whose table is loaded right now, and their rows.
+    /// Binaries whose table is loaded.
     pub tables: u64,
+    /// Their rows.
     pub rows: u64,
-    /// Tables compiled and loaded since the start, and the most rows loaded at once.
-    pub tables_built: u64,
-    pub peak_rows: u64,
-    /// Binaries that could not be read or compiled (no `.eh_frame`, malformed, not x86-64).
-    pub compile_failed: u64,
-    /// Tables skipped because the row budget or the table ids ran out.
-    pub over_budget: u64,
-    /// Mappings skipped because no PT_LOAD segment matched them.
-    pub no_segment: u64,
-    /// Map writes that failed (LPM trie full, for example).
-    pub map_errors: u64,
-    /// Time spent reading, compiling and loading tables.
-    pub build_time: Duration,
 }
 
 /// A loaded table and the segments needed to compute each mapping's bias.
@@ -63,7 +64,7 @@ struct LoadedFile {
 }
 
 /// One executable mapping: start, end, file offset, file.
-type MappingId = (u64, u64, u64, FileKey);
+type MappingId = (u64, u64, u64, MapsFile);
 
 /// What one mapping put into the maps, so it can be taken out again.
 #[derive(Default)]
@@ -81,6 +82,7 @@ struct ProcessEntries {
     mappings: HashMap<MappingId, MappingEntries>,
 }
 
+/// Owns the table maps and what each process put into them.
 pub struct UnwindTables {
     maps: UnwindMaps,
     proc_root: PathBuf,
@@ -93,15 +95,18 @@ pub struct UnwindTables {
     /// Binaries that did not fit: retried once some table is released.
     over_budget: HashSet<FileKey>,
     procs: HashMap<u32, ProcessEntries>,
-    pub stats: UnwindTableStats,
+    levels: UnwindTableLevels,
+    stats: Arc<AgentStats>,
 }
 
 impl UnwindTables {
+    /// `row_budget` rows and `max_tables` tables at most, as the maps were sized.
     pub fn new(
         maps: UnwindMaps,
         proc_root: impl Into<PathBuf>,
         row_budget: u32,
         max_tables: u32,
+        stats: Arc<AgentStats>,
     ) -> Self {
         UnwindTables {
             maps,
@@ -112,27 +117,34 @@ impl UnwindTables {
             failed: HashSet::new(),
             over_budget: HashSet::new(),
             procs: HashMap::new(),
-            stats: UnwindTableStats::default(),
+            levels: UnwindTableLevels::default(),
+            stats,
         }
     }
 
-    /// Loads tables for processes already running (see `processes::initial_pids`), so that
+    /// Loads tables for processes already running (see `process::initial_pids`), so that
     /// their first samples are already unwound with them.
     pub fn scan_existing(&mut self, pids: &[u32]) {
+        let started = Instant::now();
         for &pid in pids {
             self.on_new_process(pid);
         }
-        let s = &self.stats;
+        let l = self.levels;
         info!(
-            processes = s.processes,
-            tables = s.tables,
-            rows = s.rows,
-            table_bytes = s.rows * std::mem::size_of::<UnwindRow>() as u64,
-            compile_failed = s.compile_failed,
-            over_budget = s.over_budget,
-            build_ms = s.build_time.as_millis() as u64,
+            processes = l.processes,
+            tables = l.tables,
+            rows = l.rows,
+            table_bytes = l.rows * std::mem::size_of::<UnwindRow>() as u64,
+            compile_failed = self.stats.get(AgentCounter::UnwindCompileFailed),
+            over_budget = self.stats.get(AgentCounter::UnwindOverBudget),
+            build_ms = started.elapsed().as_millis() as u64,
             "unwind tables loaded"
         );
+    }
+
+    /// What is loaded right now.
+    pub fn levels(&self) -> UnwindTableLevels {
+        self.levels
     }
 
     /// Adds the mapping entries of `pid`, compiling and loading the tables it still lacks.
@@ -150,7 +162,7 @@ impl UnwindTables {
         // Kernel threads and processes that already exited have no maps: nothing to add.
         let maps = std::fs::read_to_string(dir.join("maps"))
             .ok()
-            .and_then(|t| proc_maps::parse_maps(&t).ok());
+            .and_then(|t| maps::parse_maps(&t).ok());
         let Some(maps) = maps else {
             self.remove_process(pid);
             return;
@@ -188,7 +200,7 @@ impl UnwindTables {
             }
             let mut added = MappingEntries::default();
             if let Err(error) = self.add_mapping(pid, &dir, entry, &mut added) {
-                self.stats.map_errors += 1;
+                self.stats.inc(AgentCounter::UnwindMapErrors);
                 warn!(pid, path = %entry.path, error = format!("{error:#}"), "cannot add unwind mapping");
             }
             entries.mappings.insert(id, added);
@@ -207,16 +219,19 @@ impl UnwindTables {
             match self.maps.mappings.insert(&key, value, 0) {
                 Ok(()) => {
                     entries.process_key = Some(key);
-                    self.stats.processes += 1;
+                    self.levels.processes += 1;
                 }
                 Err(error) => {
-                    self.stats.map_errors += 1;
+                    self.stats.inc(AgentCounter::UnwindMapErrors);
                     warn!(pid, %error, "cannot add the process-wide unwind entry");
                 }
             }
         }
         self.procs.insert(pid, entries);
-        self.stats.build_time += started.elapsed();
+        self.stats.add(
+            AgentCounter::UnwindBuildMs,
+            started.elapsed().as_millis() as u64,
+        );
     }
 
     fn add_mapping(
@@ -226,7 +241,14 @@ impl UnwindTables {
         entry: &MapEntry,
         out: &mut MappingEntries,
     ) -> Result<()> {
-        let file = (entry.dev_major, entry.dev_minor, entry.inode);
+        let file = match mapped_file_identity(dir, entry) {
+            Ok(file) => file,
+            Err(error) => {
+                // Gone before we looked: nothing to unwind with, and nothing to remember.
+                debug!(pid, path = %entry.path, %error, "mapped file not found");
+                return Ok(());
+            }
+        };
         let Some(table_id) = self.table_for(pid, dir, entry, file) else {
             return Ok(());
         };
@@ -239,7 +261,7 @@ impl UnwindTables {
             entry.offset,
             &loaded.segments,
         ) else {
-            self.stats.no_segment += 1;
+            self.stats.inc(AgentCounter::UnwindNoSegment);
             debug!(pid, path = %entry.path, offset = entry.offset, "no PT_LOAD segment for this mapping");
             self.release(table_id);
             return Ok(());
@@ -280,6 +302,7 @@ impl UnwindTables {
             if let Err(error) = self.maps.mappings.remove(&key) {
                 debug!(pid, %error, "removing the process-wide entry failed");
             }
+            self.levels.processes = self.levels.processes.saturating_sub(1);
         }
         for (_, mapping) in entries.mappings {
             self.remove_mapping(pid, mapping);
@@ -298,8 +321,8 @@ impl UnwindTables {
         let data = match read_mapped_file(dir, entry) {
             Ok(data) => data,
             Err(error) => {
-                self.stats.compile_failed += 1;
-                self.failed.insert(file);
+                self.stats.inc(AgentCounter::UnwindCompileFailed);
+                self.mark_failed(file);
                 debug!(pid, path = %entry.path, error = format!("{error:#}"), "cannot read binary for its unwind table");
                 return None;
             }
@@ -310,8 +333,8 @@ impl UnwindTables {
         let compiled = match compile_elf(&data, &opts) {
             Err(profiler_unwind::Error::TooManyRows { limit }) => {
                 // Never fits, however much is freed: not retried.
-                self.stats.over_budget += 1;
-                self.failed.insert(file);
+                self.stats.inc(AgentCounter::UnwindOverBudget);
+                self.mark_failed(file);
                 warn!(pid, path = %entry.path, limit, "unwind table larger than the whole row budget; frame pointers only (raise --unwind-table-rows)");
                 return None;
             }
@@ -322,8 +345,8 @@ impl UnwindTables {
         let (table, segments) = match compiled {
             Ok(ok) => ok,
             Err(error) => {
-                self.stats.compile_failed += 1;
-                self.failed.insert(file);
+                self.stats.inc(AgentCounter::UnwindCompileFailed);
+                self.mark_failed(file);
                 debug!(pid, path = %entry.path, error = format!("{error:#}"), "no unwind table; frame pointers only");
                 return None;
             }
@@ -331,23 +354,26 @@ impl UnwindTables {
         let placement = match self.store.insert(&file, &table) {
             Ok(p) => p,
             Err(error) => {
-                self.stats.over_budget += 1;
+                self.stats.inc(AgentCounter::UnwindOverBudget);
                 self.over_budget.insert(file);
                 warn!(pid, path = %entry.path, rows = table.rows.len(), %error, "unwind table over budget; frame pointers only (raise --unwind-table-rows)");
                 return None;
             }
         };
         if let Err(error) = self.write_table(placement.table_id, &placement.info, &table.rows) {
-            self.stats.map_errors += 1;
+            self.stats.inc(AgentCounter::UnwindMapErrors);
             warn!(pid, path = %entry.path, error = format!("{error:#}"), "cannot write unwind table");
             self.store.release(placement.table_id);
-            self.failed.insert(file);
+            self.mark_failed(file);
             return None;
         }
-        self.stats.tables += 1;
-        self.stats.tables_built += 1;
-        self.stats.rows = u64::from(self.row_budget - self.store.free_rows());
-        self.stats.peak_rows = self.stats.peak_rows.max(self.stats.rows);
+        self.levels.tables += 1;
+        self.stats.inc(AgentCounter::UnwindTablesBuilt);
+        self.levels.rows = u64::from(self.row_budget - self.store.free_rows());
+        self.stats.raise(
+            AgentCounter::UnwindTableBytesPeak,
+            self.levels.rows * std::mem::size_of::<UnwindRow>() as u64,
+        );
         debug!(
             path = %entry.path,
             rows = table.rows.len(),
@@ -394,9 +420,9 @@ impl UnwindTables {
         }
         if let Some((&file, _)) = self.files.iter().find(|(_, f)| f.table_id == table_id) {
             self.files.remove(&file);
-            self.stats.tables = self.stats.tables.saturating_sub(1);
+            self.levels.tables = self.levels.tables.saturating_sub(1);
         }
-        self.stats.rows = u64::from(self.row_budget - self.store.free_rows());
+        self.levels.rows = u64::from(self.row_budget - self.store.free_rows());
         // Room was freed: binaries that did not fit may fit now.
         self.over_budget.clear();
     }
@@ -411,11 +437,28 @@ impl UnwindTables {
         }
     }
 
+    /// Remembers a binary that has no usable table, so it is not read again.
+    fn mark_failed(&mut self, file: FileKey) {
+        if self.failed.len() >= MAX_FAILED_MARKS {
+            self.failed.clear();
+        }
+        self.failed.insert(file);
+    }
+
     /// Bytes of rows loaded right now.
     pub fn table_bytes(&self) -> u64 {
         u64::from(self.row_budget - self.store.free_rows())
             * std::mem::size_of::<UnwindRow>() as u64
     }
+}
+
+/// The identity of the file behind a mapping, found the same way as its bytes.
+fn mapped_file_identity(dir: &Path, entry: &MapEntry) -> std::io::Result<FileIdentity> {
+    let by_range = dir
+        .join("map_files")
+        .join(format!("{:x}-{:x}", entry.start, entry.end));
+    FileIdentity::of(&by_range)
+        .or_else(|_| FileIdentity::of(&dir.join("root").join(entry.path.trim_start_matches('/'))))
 }
 
 /// The file behind a mapping: through map_files (works for deleted files and other mount

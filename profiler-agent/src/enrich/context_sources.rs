@@ -2,8 +2,8 @@
 //! and keeps the eBPF program's per-process configuration map in step.
 use std::{
     collections::{HashMap, HashSet},
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
@@ -13,7 +13,11 @@ use profiler_common::{
 use symbolizer::Binary;
 use tracing::{debug, info, warn};
 
-use crate::go_runtime;
+use crate::{
+    enrich::go_runtime,
+    process::file_id::FileIdentity,
+    stats::{AgentCounter, AgentStats},
+};
 
 /// The OTEP 4947 thread-local pointer to the current context record.
 pub const OTEL_TLS_SYMBOL: &str = "otel_thread_ctx_v1";
@@ -21,16 +25,23 @@ pub const OTEL_TLS_SYMBOL: &str = "otel_thread_ctx_v1";
 /// What a binary offers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
+    /// No source the eBPF program can read.
     None,
+    /// A Go binary of a release in the offset table: the running goroutine's labels.
     Go {
+        /// `go1.21.13`.
         version: String,
+        /// What the kernel needs to find the labels.
         config: ContextConfig,
     },
     /// A Go release outside the offset table: no labels, logged once per binary.
     UnknownGo {
+        /// `go1.99.0`.
         version: String,
     },
+    /// An executable that defines the OTEP 4947 TLS pointer.
     Otel {
+        /// What the kernel needs to find the record.
         config: ContextConfig,
     },
 }
@@ -74,31 +85,29 @@ pub fn inspect(path: &Path, require_sampled: bool) -> Result<Source, symbolizer:
     Ok(Source::None)
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ContextStats {
-    pub go_processes: u64,
-    pub otel_processes: u64,
-    pub unknown_go_versions: u64,
-    pub inspect_failed: u64,
-    pub map_full: u64,
-}
-
 /// Owns the eBPF program's `CONTEXT_CONFIG` map.
 pub struct ContextConfigs {
     map: BpfHashMap<MapData, u32, ContextConfig>,
     proc_root: PathBuf,
     require_sampled: bool,
-    /// Per executable (dev, inode): what it offers, so each binary is inspected once.
-    by_binary: HashMap<(u64, u64), Source>,
+    /// Per executable: what it offers, so each binary is inspected once.
+    by_binary: HashMap<FileIdentity, Source>,
     configured: HashSet<u32>,
-    pub stats: ContextStats,
+    stats: Arc<AgentStats>,
 }
 
+/// Executables remembered at most; past it the memory is dropped and binaries are inspected
+/// again as their processes appear (a churning host runs ever new binaries).
+const MAX_REMEMBERED_BINARIES: usize = 4096;
+
 impl ContextConfigs {
+    /// Takes over the kernel map; `require_sampled` skips OTel records without the W3C
+    /// sampled flag in the kernel.
     pub fn new(
         map: BpfHashMap<MapData, u32, ContextConfig>,
         proc_root: impl Into<PathBuf>,
         require_sampled: bool,
+        stats: Arc<AgentStats>,
     ) -> Self {
         ContextConfigs {
             map,
@@ -106,46 +115,39 @@ impl ContextConfigs {
             require_sampled,
             by_binary: HashMap::new(),
             configured: HashSet::new(),
-            stats: ContextStats::default(),
+            stats,
         }
     }
 
-    /// Configures processes already running (see `processes::initial_pids`), so their first
+    /// Configures processes already running (see `process::initial_pids`), so their first
     /// samples already carry context.
     pub fn scan_existing(&mut self, pids: &[u32]) {
         for &pid in pids {
             self.on_new_process(pid);
         }
         info!(
-            go = self.stats.go_processes,
-            otel = self.stats.otel_processes,
+            go = self.stats.get(AgentCounter::GoProcesses),
+            otel = self.stats.get(AgentCounter::OtelProcesses),
             "trace-context sources found"
         );
     }
 
+    /// Finds the source of a process seen for the first time and tells the kernel about it.
     pub fn on_new_process(&mut self, pid: u32) {
         if self.configured.contains(&pid) {
             return;
         }
         let exe = self.proc_root.join(pid.to_string()).join("exe");
-        let Ok(meta) = std::fs::metadata(&exe) else {
+        // Kernel threads and processes already gone have no exe.
+        let Ok(key) = FileIdentity::of(&exe) else {
             return;
-        }; // kernel thread or gone
-        let key = (meta.dev(), meta.ino());
+        };
         let source = match self.by_binary.get(&key) {
             Some(s) => s.clone(),
             None => {
-                let s = match inspect(&exe, self.require_sampled) {
-                    Ok(s) => s,
-                    Err(error) => {
-                        self.stats.inspect_failed += 1;
-                        debug!(pid, %error, "cannot inspect executable for a trace-context source");
-                        Source::None
-                    }
-                };
-                if let Source::UnknownGo { version } = &s {
-                    self.stats.unknown_go_versions += 1;
-                    warn!(pid, %version, exe = ?std::fs::read_link(&exe).ok(), "Go version outside the label-offset table; its samples get no labels");
+                let s = self.inspect_new(pid, &exe);
+                if self.by_binary.len() >= MAX_REMEMBERED_BINARIES {
+                    self.by_binary.clear();
                 }
                 self.by_binary.insert(key, s.clone());
                 s
@@ -156,12 +158,12 @@ impl ContextConfigs {
                 config,
                 ref version,
             } => {
-                self.stats.go_processes += 1;
+                self.stats.inc(AgentCounter::GoProcesses);
                 debug!(pid, %version, "Go labels enabled");
                 config
             }
             Source::Otel { config } => {
-                self.stats.otel_processes += 1;
+                self.stats.inc(AgentCounter::OtelProcesses);
                 debug!(pid, "OTel thread context enabled");
                 config
             }
@@ -172,10 +174,26 @@ impl ContextConfigs {
                 self.configured.insert(pid);
             }
             Err(error) => {
-                self.stats.map_full += 1;
+                self.stats.inc(AgentCounter::ContextMapFull);
                 warn!(pid, %error, "cannot add trace-context config (map full?)");
             }
         }
+    }
+
+    fn inspect_new(&self, pid: u32, exe: &Path) -> Source {
+        let source = match inspect(exe, self.require_sampled) {
+            Ok(s) => s,
+            Err(error) => {
+                self.stats.inc(AgentCounter::ContextInspectFailed);
+                debug!(pid, %error, "cannot inspect executable for a trace-context source");
+                Source::None
+            }
+        };
+        if let Source::UnknownGo { version } = &source {
+            self.stats.inc(AgentCounter::UnknownGoVersions);
+            warn!(pid, %version, exe = ?std::fs::read_link(exe).ok(), "Go version outside the label-offset table; its samples get no labels");
+        }
+        source
     }
 
     /// Forgets processes that exited, so the map stays bounded by live processes and a
@@ -190,7 +208,9 @@ impl ContextConfigs {
             .collect();
         for pid in gone {
             self.configured.remove(&pid);
-            let _ = self.map.remove(&pid);
+            if let Err(error) = self.map.remove(&pid) {
+                debug!(pid, %error, "removing an exited process's context config failed");
+            }
         }
     }
 }

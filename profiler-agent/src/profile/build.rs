@@ -1,55 +1,105 @@
 //! Turns one aggregated interval into a symbolized pprof profile.
-use std::{collections::HashMap, path::Path, time::UNIX_EPOCH};
+use std::{collections::HashMap, time::UNIX_EPOCH};
 
-use symbolizer::{Frame, Kallsyms, Lookup, Symbolizer};
+use symbolizer::{Frame, Lookup, Miss};
 use tracing::warn;
 
 use crate::{
-    aggregate::Interval,
-    pprof::{
-        builder::{LineSpec, MappingSpec, ProfileBuilder},
-        proto::Profile,
+    process::{BinaryInfo, BinaryKey, UserFrame},
+    profile::{
+        aggregate::Interval,
+        pprof::{
+            builder::{LineSpec, MappingSpec, ProfileBuilder},
+            proto::Profile,
+        },
+        symbols::Symbols,
     },
-    processes::{BinaryKey, UserFrame},
+    stats::AgentCounter,
 };
 
-/// Symbol sources that live as long as the agent.
-pub struct Symbols {
-    pub symbolizer: Symbolizer,
-    pub kallsyms: Option<Kallsyms>,
+/// What symbolization of one interval found, for its summary and its profile's comments.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SymbolStats {
+    /// Frames written, user and kernel.
+    pub frames: u64,
+    /// Frames written as an address.
+    pub unsymbolized: u64,
+    /// User frames without a symbol, by the symbolizer's reason.
+    pub misses: MissCounts,
+    /// Binaries the symbolizer could not read.
+    pub binary_errors: u64,
+    /// Kernel frames without a kallsyms symbol.
+    pub kernel_misses: u64,
 }
 
-impl Symbols {
-    pub fn new(symbolizer: Symbolizer, kallsyms_path: &Path) -> Self {
-        let kallsyms = match Kallsyms::load(kallsyms_path) {
-            Ok(k) if !k.is_empty() => Some(k),
-            Ok(_) => {
-                warn!(path = %kallsyms_path.display(), "kallsyms is empty; kernel frames stay unsymbolized");
-                None
-            }
-            Err(error) => {
-                warn!(path = %kallsyms_path.display(), %error, "cannot read kallsyms; kernel frames stay unsymbolized");
-                None
-            }
-        };
-        Symbols {
-            symbolizer,
-            kallsyms,
+/// User-frame misses by reason.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MissCounts {
+    /// [`Miss::UnknownAddress`].
+    pub unknown_address: u64,
+    /// [`Miss::NoSymbols`].
+    pub no_symbols: u64,
+    /// [`Miss::Unsupported`].
+    pub unsupported: u64,
+    /// [`Miss::Malformed`].
+    pub malformed: u64,
+}
+
+impl MissCounts {
+    fn add(&mut self, miss: Miss) {
+        match miss {
+            Miss::UnknownAddress => self.unknown_address += 1,
+            Miss::NoSymbols => self.no_symbols += 1,
+            Miss::Unsupported => self.unsupported += 1,
+            Miss::Malformed => self.malformed += 1,
+        }
+    }
+
+    fn get(&self, miss: Miss) -> u64 {
+        match miss {
+            Miss::UnknownAddress => self.unknown_address,
+            Miss::NoSymbols => self.no_symbols,
+            Miss::Unsupported => self.unsupported,
+            Miss::Malformed => self.malformed,
         }
     }
 }
 
-/// Counts of what could not be symbolized, for the summary and the profile's comments.
+impl SymbolStats {
+    /// The registry counters this interval's symbolization fills, with their values.
+    pub fn counters(&self) -> Vec<(AgentCounter, u64)> {
+        let mut out = vec![
+            (AgentCounter::Frames, self.frames),
+            (AgentCounter::FramesUnsymbolized, self.unsymbolized),
+            (AgentCounter::SymbolBinaryErrors, self.binary_errors),
+            (AgentCounter::KernelSymbolMiss, self.kernel_misses),
+        ];
+        for miss in [
+            Miss::UnknownAddress,
+            Miss::NoSymbols,
+            Miss::Unsupported,
+            Miss::Malformed,
+        ] {
+            out.push((AgentCounter::for_miss(miss), self.misses.get(miss)));
+        }
+        out
+    }
+}
+
+/// Which symbol information a mapping's locations carry (pprof's `has_*` flags).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SymbolStats {
-    pub frames: u64,
-    pub unsymbolized: u64,
-    pub binary_errors: u64,
+struct MappingFacts {
+    functions: bool,
+    filenames: bool,
+    line_numbers: bool,
+    inline_frames: bool,
 }
 
 /// Header facts for the profile.
 pub struct ProfileMeta<'a> {
+    /// CPU nanoseconds one sample stands for.
     pub period_ns: i64,
+    /// The profile's comments (the interval's counters).
     pub comments: &'a [String],
 }
 
@@ -105,6 +155,61 @@ fn lookup_addr(addr: u64, depth: usize) -> u64 {
     }
 }
 
+/// The binary the profile should name first (`File:` in `go tool pprof`): the executable of
+/// the process with the most samples.
+fn main_binary(interval: &Interval) -> Option<BinaryKey> {
+    let mut per_pid: HashMap<u32, u64> = HashMap::new();
+    for s in &interval.stacks {
+        *per_pid.entry(s.pid).or_default() += s.count;
+    }
+    let (pid, _) = per_pid
+        .into_iter()
+        .max_by_key(|&(pid, n)| (n, std::cmp::Reverse(pid)))?;
+    let exe = interval.process_exes.get(&pid)?;
+    let mut keys: Vec<_> = interval
+        .binaries
+        .iter()
+        .filter(|(_, info)| &info.path == exe)
+        .map(|(k, _)| *k)
+        .collect();
+    keys.sort_unstable();
+    keys.first().copied()
+}
+
+/// The pprof mapping of a binary: its executable segments, in ELF addresses.
+fn binary_mapping(b: &mut ProfileBuilder, info: &BinaryInfo) -> u64 {
+    let segs: Vec<_> = info
+        .binary
+        .load_segments()
+        .iter()
+        .filter(|s| s.executable)
+        .collect();
+    let start = segs.iter().map(|s| s.p_vaddr).min().unwrap_or(0);
+    let limit = segs
+        .iter()
+        .map(|s| s.p_vaddr + s.p_memsz)
+        .max()
+        .unwrap_or(u64::MAX);
+    let offset = segs
+        .iter()
+        .find(|s| s.p_vaddr == start)
+        .map(|s| s.p_offset)
+        .unwrap_or(0);
+    let build_id = match (info.binary.gnu_build_id(), info.binary.go_build_id()) {
+        (Some(id), _) => hex(id),
+        (None, Some(go)) => go.to_string(),
+        (None, None) => String::new(),
+    };
+    b.add_mapping(MappingSpec {
+        memory_start: start,
+        memory_limit: limit,
+        file_offset: offset,
+        filename: &info.path,
+        build_id: &build_id,
+    })
+}
+
+/// Symbolizes one interval and builds its profile.
 pub fn build_profile(
     interval: &Interval,
     symbols: &mut Symbols,
@@ -117,7 +222,12 @@ pub fn build_profile(
     let mut region_mappings: HashMap<String, u64> = HashMap::new();
     let mut kernel_mapping = None;
     let mut kernel_range = (u64::MAX, 0u64);
-    let mut mapping_has = HashMap::<u64, (bool, bool, bool, bool)>::new();
+    let mut facts = HashMap::<u64, MappingFacts>::new();
+    if let Some(key) = main_binary(interval) {
+        if let Some(info) = interval.binaries.get(&key) {
+            binary_mappings.insert(key, binary_mapping(&mut b, info));
+        }
+    }
 
     for s in &interval.stacks {
         let mut locations = Vec::with_capacity(s.kernel.len() + s.user.len());
@@ -144,11 +254,12 @@ pub fn build_profile(
                 },
                 None => {
                     stats.unsymbolized += 1;
+                    stats.kernel_misses += 1;
                     format!("[kernel]+0x{addr:x}")
                 }
             };
             if symbol.is_some() {
-                mapping_has.entry(mapping).or_default().0 = true;
+                facts.entry(mapping).or_default().functions = true;
             }
             locations.push(b.named_location(mapping, addr, depth == 0, &name, ""));
         }
@@ -160,54 +271,32 @@ pub fn build_profile(
                     let Some(info) = interval.binaries.get(binary) else {
                         continue;
                     };
-                    let mapping = *binary_mappings.entry(*binary).or_insert_with(|| {
-                        let segs: Vec<_> = info
-                            .binary
-                            .load_segments()
-                            .iter()
-                            .filter(|s| s.executable)
-                            .collect();
-                        let start = segs.iter().map(|s| s.p_vaddr).min().unwrap_or(0);
-                        let limit = segs
-                            .iter()
-                            .map(|s| s.p_vaddr + s.p_memsz)
-                            .max()
-                            .unwrap_or(u64::MAX);
-                        let offset = segs
-                            .iter()
-                            .find(|s| s.p_vaddr == start)
-                            .map(|s| s.p_offset)
-                            .unwrap_or(0);
-                        let build_id = match (info.binary.gnu_build_id(), info.binary.go_build_id())
-                        {
-                            (Some(id), _) => hex(id),
-                            (None, Some(go)) => go.to_string(),
-                            (None, None) => String::new(),
-                        };
-                        b.add_mapping(MappingSpec {
-                            memory_start: start,
-                            memory_limit: limit,
-                            file_offset: offset,
-                            filename: &info.path,
-                            build_id: &build_id,
-                        })
-                    });
+                    let mapping = *binary_mappings
+                        .entry(*binary)
+                        .or_insert_with(|| binary_mapping(&mut b, info));
                     if let Some(m) = b.mapping_mut(mapping) {
                         m.memory_start = m.memory_start.min(*vaddr);
                         m.memory_limit = m.memory_limit.max(vaddr + 1);
                     }
                     match user_symbols.get(&(*binary, lookup_addr(*vaddr, depth))) {
                         Some(Ok(frames)) if !frames.is_empty() => {
-                            let has = mapping_has.entry(mapping).or_default();
-                            has.0 = true;
-                            has.1 |= frames.iter().any(|f| f.file.is_some());
-                            has.2 |= frames.iter().any(|f| f.line.is_some());
-                            has.3 |= frames.len() > 1;
+                            let has = facts.entry(mapping).or_default();
+                            has.functions = true;
+                            has.filenames |= frames.iter().any(|f| f.file.is_some());
+                            has.line_numbers |= frames.iter().any(|f| f.line.is_some());
+                            has.inline_frames |= frames.len() > 1;
                             let lines = line_specs(frames);
                             b.location(mapping, *vaddr, is_leaf, &lines)
                         }
-                        _ => {
+                        other => {
                             stats.unsymbolized += 1;
+                            match other {
+                                Some(Err(miss)) => stats.misses.add(*miss),
+                                // Found, but with no frames: the symbolizer's "no symbol".
+                                Some(Ok(_)) => stats.misses.add(Miss::UnknownAddress),
+                                // The whole binary failed; counted once in binary_errors.
+                                None => {}
+                            }
                             let name = format!("{}+0x{:x}", base_name(&info.path), vaddr);
                             b.named_location(mapping, *vaddr, is_leaf, &name, &info.path)
                         }
@@ -254,12 +343,12 @@ pub fn build_profile(
         m.memory_start = kernel_range.0;
         m.memory_limit = kernel_range.1.saturating_add(1);
     }
-    for (id, (functions, filenames, lines, inlines)) in mapping_has {
+    for (id, has) in facts {
         if let Some(m) = b.mapping_mut(id) {
-            m.has_functions = functions;
-            m.has_filenames = filenames;
-            m.has_line_numbers = lines;
-            m.has_inline_frames = inlines;
+            m.has_functions = has.functions;
+            m.has_filenames = has.filenames;
+            m.has_line_numbers = has.line_numbers;
+            m.has_inline_frames = has.inline_frames;
         }
     }
     let time_nanos = interval
@@ -315,6 +404,7 @@ fn line_specs(frames: &[Frame]) -> Vec<LineSpec<'_>> {
         .collect()
 }
 
+/// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     let mut s = String::with_capacity(bytes.len() * 2);

@@ -12,8 +12,9 @@ use aya::{
 };
 use profiler_common::{names, ContextConfig, Counter, RawSample, PROGRAM_NAME};
 
-use crate::unwind_tables::UnwindMaps;
 use tracing::{debug, info, warn};
+
+use crate::{bpf::mapped_rows::MappedRows, enrich::unwind_tables::UnwindMaps};
 
 /// Bytes one record takes in the ring: the sample plus the kernel's 8-byte record header.
 pub const RECORD_BYTES: u64 = (size_of::<RawSample>() as u64 + 8 + 7) & !7;
@@ -31,28 +32,33 @@ pub fn ring_buffer_bytes(frequency: u64, cpus: u64, requested: Option<u64>) -> u
     wanted.max(floor).next_power_of_two()
 }
 
-/// Per-CPU counters summed over CPUs.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct KernelCounters(pub [u64; Counter::COUNT as usize]);
+/// The kernel counters summed over CPUs, indexed by `Counter as usize`.
+pub type KernelCounters = [u64; Counter::COUNT as usize];
 
-impl KernelCounters {
-    pub fn get(&self, c: Counter) -> u64 {
-        self.0[c as usize]
-    }
-    pub fn delta_since(&self, earlier: &KernelCounters) -> KernelCounters {
-        let mut out = KernelCounters::default();
-        for i in 0..out.0.len() {
-            out.0[i] = self.0[i].saturating_sub(earlier.0[i]);
-        }
-        out
-    }
+/// What to load: the flags that shape the program and its maps.
+#[derive(Debug, Clone, Copy)]
+pub struct ProgramOptions<'a> {
+    /// Samples per second per CPU.
+    pub frequency: u64,
+    /// Only these processes are sampled (empty: all).
+    pub pids: &'a [u32],
+    /// `--ring-buffer-bytes`, if given.
+    pub ring_request: Option<u64>,
+    /// Size of the unwind-row array; `None` disables unwind tables.
+    pub unwind_rows: Option<u32>,
+    /// Read trace contexts (needs the BTF offset of `task_struct.thread.fsbase`).
+    pub trace_context: bool,
 }
 
+/// The loaded, attached program.
 pub struct LoadedProgram {
     ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
+    /// CPUs the perf event is attached to.
     pub attached_cpus: Vec<u32>,
+    /// CPUs it could not be attached to (logged, counted, not fatal).
     pub failed_cpus: Vec<u32>,
+    /// The ring's size.
     pub ring_bytes: u64,
     /// The verifier's processed-instruction count, when the kernel reports it.
     pub verified_insns: Option<u32>,
@@ -62,8 +68,11 @@ pub struct LoadedProgram {
 /// trace-context map (None when kernel BTF could not give the thread-pointer offset, so no
 /// context is read), and the unwind-table maps (None with `unwind_rows == None`).
 pub struct LoadedMaps {
+    /// Samples from the kernel.
     pub ring: RingBuf<MapData>,
+    /// Per-process trace-context configuration.
     pub contexts: Option<HashMap<MapData, u32, ContextConfig>>,
+    /// Unwind tables and mappings.
     pub unwind: Option<UnwindMaps>,
 }
 
@@ -85,21 +94,26 @@ impl LoadedProgram {
     /// Loads the program with the given filter and ring size, and attaches it to every online CPU.
     /// A CPU that fails to attach is logged and counted; only failing on all CPUs is an error.
     /// `unwind_rows` sizes the unwind-table row array; None disables tables.
-    pub fn load_and_attach(
-        frequency: u64,
-        pids: &[u32],
-        ring_request: Option<u64>,
-        unwind_rows: Option<u32>,
-    ) -> Result<(Self, LoadedMaps)> {
+    pub fn load_and_attach(opts: ProgramOptions<'_>) -> Result<(Self, LoadedMaps)> {
+        let ProgramOptions {
+            frequency,
+            pids,
+            ring_request,
+            unwind_rows,
+            trace_context,
+        } = opts;
         raise_memlock();
-        let cpus = aya::util::online_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+        let cpus = aya::util::online_cpus()
+            .map_err(|(what, e)| anyhow::Error::new(e).context(what))
+            .context("listing online CPUs")?;
         let ring_bytes = ring_buffer_bytes(frequency, cpus.len() as u64, ring_request);
         let ring_u32 = u32::try_from(ring_bytes).context("ring buffer size above 4 GiB")?;
         let filter_enabled: u8 = u8::from(!pids.is_empty());
         let wakeup_bytes: u64 = (ring_bytes / 4).max(RECORD_BYTES);
-        let fsbase_offset = match crate::kernel_btf::task_fsbase_offset() {
-            Ok(off) => off,
-            Err(error) => {
+        let fsbase_offset = match trace_context.then(crate::bpf::btf::task_fsbase_offset) {
+            None => 0,
+            Some(Ok(off)) => off,
+            Some(Err(error)) => {
                 warn!(
                     error = format!("{error:#}"),
                     "no task_struct.thread.fsbase offset from BTF; trace contexts disabled"
@@ -205,11 +219,12 @@ impl LoadedProgram {
         ))
     }
 
+    /// The kernel counters now, summed over CPUs.
     pub fn counters(&self) -> KernelCounters {
-        let mut out = KernelCounters::default();
+        let mut out = [0; Counter::COUNT as usize];
         for c in Counter::ALL {
             match self.counters.get(&(c as u32), 0) {
-                Ok(values) => out.0[c as usize] = values.iter().sum(),
+                Ok(values) => out[c as usize] = values.iter().sum(),
                 Err(error) => warn!(counter = c.name(), error = %error, "reading counter failed"),
             }
         }
@@ -245,7 +260,7 @@ fn take_unwind_maps(ebpf: &mut Ebpf, rows: u32) -> Result<UnwindMaps> {
         return Err(anyhow!("{} is not an array map", names::UNWIND_ROWS));
     };
     Ok(UnwindMaps {
-        rows: crate::mapped_rows::MappedRows::new(row_map, rows)?,
+        rows: MappedRows::new(row_map, rows)?,
         tables: aya::maps::Array::try_from(take(names::UNWIND_TABLES)?)?,
         mappings: aya::maps::LpmTrie::try_from(take(names::UNWIND_MAPPINGS)?)?,
     })

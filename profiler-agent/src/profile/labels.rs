@@ -21,6 +21,7 @@ impl LabelFilter {
     }
 }
 
+/// Key/value string labels, sorted by key.
 pub type Labels = Vec<(Arc<str>, Arc<str>)>;
 
 /// The bytes that make two contexts equal, for aggregation keys. Empty without a context.

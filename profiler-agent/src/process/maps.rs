@@ -4,13 +4,19 @@ use std::num::ParseIntError;
 /// One line of `/proc/PID/maps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapEntry {
+    /// First address.
     pub start: u64,
+    /// One past the last address.
     pub end: u64,
+    /// Mapped with execute permission.
     pub executable: bool,
     /// Offset into the backing file of `start`.
     pub offset: u64,
+    /// Device of the backing file, major number.
     pub dev_major: u32,
+    /// Device minor number.
     pub dev_minor: u32,
+    /// Inode of the backing file; 0 for anonymous memory.
     pub inode: u64,
     /// The backing path, a pseudo name such as `[vdso]`, or empty for anonymous memory.
     pub path: String,
@@ -21,17 +27,32 @@ impl MapEntry {
     pub fn is_file(&self) -> bool {
         self.inode != 0 && self.path.starts_with('/')
     }
+    /// `addr` lies inside.
     pub fn contains(&self, addr: u64) -> bool {
         self.start <= addr && addr < self.end
     }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Why `/proc/PID/maps` did not parse.
 pub enum ParseError {
+    /// A line ended early.
     #[error("line {line}: missing field {field}")]
-    Missing { line: usize, field: &'static str },
-    #[error("line {line}: bad number: {source}")]
-    Number { line: usize, source: ParseIntError },
+    Missing {
+        /// 1-based line number.
+        line: usize,
+        /// The field that was expected.
+        field: &'static str,
+    },
+    /// A field is not a number.
+    #[error("line {line}: bad number")]
+    Number {
+        /// 1-based line number.
+        line: usize,
+        /// Why it did not parse.
+        #[source]
+        source: ParseIntError,
+    },
 }
 
 /// Parses the whole file; the entries come back sorted by start address.
