@@ -3,12 +3,11 @@
 
 mod common;
 
-use common::fixture;
+use common::{binutils, fixture};
 use profiler_common::unwind::{
     CFA_END_OF_STACK, CFA_NOT_COVERED, CFA_RSP, RBP_AT_CFA, RBP_UNCHANGED,
 };
 use profiler_unwind::{compile_elf, CompileOptions, CompiledTable};
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -155,23 +154,6 @@ fn generated_assembly() -> String {
     asm
 }
 
-/// Every symbol's address (local ones included), by name, from `nm`.
-fn nm_addresses(path: &str) -> HashMap<String, u64> {
-    let out = std::process::Command::new("nm")
-        .arg(path)
-        .output()
-        .unwrap_or_else(|e| panic!("nm {path}: {e}"));
-    assert!(out.status.success(), "nm {path}: {:?}", out.status);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let mut it = line.split_whitespace();
-            let (addr, _, name) = (it.next()?, it.next()?, it.next()?);
-            Some((name.to_owned(), u64::from_str_radix(addr, 16).ok()?))
-        })
-        .collect()
-}
-
 /// The generated binary, assembled and linked once per test process (the tests using it run
 /// in parallel).
 fn generated_binary() -> &'static str {
@@ -193,7 +175,7 @@ fn generated_binary_rules_match_its_cfi() {
     assert_eq!(table.stats.unsupported.total(), 0, "{:?}", table.stats);
     // Entry, after the push (and the sub's first byte), after the sub, after the add, the
     // pop's byte, after the pop.
-    let sym = nm_addresses(exe);
+    let sym = binutils::symbol_addresses(exe);
     let at =
         |name: String| -> u64 { *sym.get(&name).unwrap_or_else(|| panic!("{name} not in nm")) };
     let mut checked = 0;

@@ -97,6 +97,18 @@ impl CallSites {
     }
 }
 
+/// Every symbol's address (local ones included, `.L` labels not), by name, from `nm`.
+pub fn symbol_addresses(path: &str) -> HashMap<String, u64> {
+    output(Command::new("nm").arg(path))
+        .lines()
+        .filter_map(|line| {
+            let mut it = line.split_whitespace();
+            let (addr, _, name) = (it.next()?, it.next()?, it.next()?);
+            Some((name.to_owned(), u64::from_str_radix(addr, 16).ok()?))
+        })
+        .collect()
+}
+
 /// A symbol without its `@plt` or `@@GLIBC_2.2.5` suffix. (A call into the middle of a
 /// function keeps its `+0x..` and so names no function.)
 fn base_name(name: &str) -> &str {
