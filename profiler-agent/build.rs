@@ -55,11 +55,8 @@ fn quietly(build: impl FnOnce() -> Result<()>) -> Result<()> {
         std::io::Error::last_os_error()
     );
     // SAFETY: as above; `capture` stays open until stdout is restored.
-    anyhow::ensure!(
-        unsafe { libc::dup2(capture.as_raw_fd(), 1) } >= 0,
-        "dup2: {}",
-        std::io::Error::last_os_error()
-    );
+    let redirected = unsafe { libc::dup2(capture.as_raw_fd(), 1) };
+    anyhow::ensure!(redirected >= 0, "dup2: {}", std::io::Error::last_os_error());
     let result = build();
     std::io::stdout().flush()?;
     // SAFETY: puts the saved stdout back and closes the copy.

@@ -84,7 +84,7 @@ fn known_chain_is_profiled_with_the_right_weight_and_opens_in_go_pprof() {
     }
 
     // Nothing was lost: the kernel's count of samples equals what was delivered plus drops.
-    let t = totals(&log);
+    let t = totals(log);
     assert_eq!(
         t["samples_taken"],
         t["delivered"] + t["ring_buffer_full"],
@@ -281,9 +281,11 @@ fn host_wide_profiling_writes_time_sorted_valid_profiles() {
         .unwrap();
     assert!(status.success());
     let profiles = read_profiles(&out);
+    // At least one interval and the last profile. More is not asserted: a tick that falls
+    // while the loop builds a big binary's unwind table is delayed, not repeated.
     assert!(
-        profiles.len() >= 3,
-        "expected one profile a second plus the last: {}",
+        profiles.len() >= 2,
+        "expected an interval's profile plus the last: {}",
         profiles.len()
     );
     let mut last_time = 0;
@@ -324,4 +326,98 @@ fn host_wide_profiling_writes_time_sorted_valid_profiles() {
             );
         }
     }
+}
+
+/// A stripped binary whose symbols and lines live in a separate file named by
+/// `.gnu_debuglink`: the agent finds that file next to the binary's path as the process sees
+/// it (through `/proc/PID/root`), not next to `/proc/PID/map_files/…`.
+#[test]
+fn separate_debug_file_is_found_for_a_running_process() {
+    require_root();
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_c(
+        dir.path(),
+        "chain",
+        &["-O0", "-g", "-fno-omit-frame-pointer"],
+    );
+    let run_tool = |tool: &str, args: &[&str]| {
+        let status = Command::new(tool)
+            .args(args)
+            .current_dir(dir.path())
+            .status()
+            .unwrap_or_else(|e| panic!("{tool} (binutils): {e}"));
+        assert!(status.success(), "{tool} {args:?} failed");
+    };
+    run_tool("objcopy", &["--only-keep-debug", "chain", "chain.debug"]);
+    run_tool("strip", &["--strip-all", "chain"]);
+    run_tool("objcopy", &["--add-gnu-debuglink=chain.debug", "chain"]);
+    let nm = Command::new("nm").arg(&exe).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&nm.stdout).contains(" leaf"),
+        "the stripped binary still names leaf"
+    );
+
+    let out = dir.path().join("profiles");
+    let run = profile_fixture(&exe, &["2"], &out, HZ, &[]);
+    let samples = run.samples();
+    let total: i64 = samples.iter().map(|s| s.count).sum();
+    let with_chain: i64 = samples
+        .iter()
+        .filter(|s| user_frames(s).starts_with(&["leaf", "middle", "outer", "main"]))
+        .map(|s| s.count)
+        .sum();
+    assert!(
+        total > 50 && with_chain as f64 >= 0.9 * total as f64,
+        "{with_chain}/{total} samples named from the debug file"
+    );
+    // Lines come from the debug file's DWARF too.
+    let (_, p) = run.profiles.last().unwrap();
+    let leaf_file = p
+        .function
+        .iter()
+        .find(|f| p.string_table[f.name as usize] == "leaf")
+        .map(|f| p.string_table[f.filename as usize].clone())
+        .expect("leaf in the profile");
+    assert!(leaf_file.ends_with("chain.c"), "{leaf_file}");
+}
+
+/// Bad configuration fails at start with a clear message, before anything is profiled.
+#[test]
+fn an_unwritable_output_dir_stops_the_agent_at_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_profiler-agent"))
+        .args(["--output-dir", "/proc/nope", "--duration", "30"])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "exited 0 with an unwritable output dir:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("output directory /proc/nope"),
+        "unclear error:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("profiling started"),
+        "profiled before failing:\n{stderr}"
+    );
+}
+
+#[test]
+fn a_pid_without_a_process_is_warned_about() {
+    require_root();
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(
+        &dir.path().join("profiles"),
+        &["--pid", "999999999", "--profile-interval", "60"],
+    );
+    let log = agent.stop();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("--pid names no running process") && l.contains("999999999")),
+        "{log:?}"
+    );
 }

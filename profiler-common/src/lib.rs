@@ -106,7 +106,7 @@ const _: () = assert!(
     core::mem::size_of::<RawContext>() == 32 + MAX_LABELS * core::mem::size_of::<RawLabel>()
 );
 
-/// Go's `runtime.g.labels` is a `*map[string]string` (Go 1.17 to 1.23).
+/// Go's `runtime.g.labels` is a `*map[string]string` (Go 1.19, 1.21 to 1.23).
 pub const GO_LABELS_MAP: u32 = 1;
 /// Go's `runtime.g.labels` points at a sorted `[]struct{key, value string}` (Go 1.24+).
 pub const GO_LABELS_SLICE: u32 = 2;

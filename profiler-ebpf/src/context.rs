@@ -208,7 +208,7 @@ fn go_slice_labels(labels: u64, ctx: &mut RawContext, truncated: &mut bool) -> O
     Some(n)
 }
 
-/// Go 1.17–1.23: `labels` points at a map variable, which points at the hmap. Label sets are
+/// Go 1.19, 1.21–1.23: `labels` points at a map variable, which points at the hmap. Label sets are
 /// small, so only the first bucket is read (B == 0 holds up to 8 entries); more is counted
 /// as truncation.
 #[inline(always)]
@@ -231,9 +231,9 @@ fn go_map_labels(labels: u64, ctx: &mut RawContext, truncated: &mut bool) -> Opt
         return None;
     }
     let mut n = 0usize;
-    for i in 0..8usize {
+    for (i, &top) in tophash.iter().enumerate() {
         // 0 and 1 mark empty slots; 2..=4 evacuated ones.
-        if tophash[i] < 5 {
+        if top < 5 {
             continue;
         }
         let mut k = [0u64; 2];

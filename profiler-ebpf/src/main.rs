@@ -95,7 +95,7 @@ fn sample(ctx: &PerfEventContext) {
     // SAFETY: a volatile read of a frozen .rodata global that the loader may have overridden.
     if unsafe { core::ptr::read_volatile(&FILTER_ENABLED) } != 0 {
         // SAFETY: the value is only tested for presence, never dereferenced.
-        if unsafe { FILTER_PIDS.get(&pid) }.is_none() {
+        if unsafe { FILTER_PIDS.get(pid) }.is_none() {
             count(Counter::FilteredOut);
             return;
         }
@@ -156,7 +156,7 @@ fn sample(ctx: &PerfEventContext) {
 
         // A process without a context source pays for this one lookup only.
         let ctx = &mut *core::ptr::addr_of_mut!((*out).context);
-        match CONTEXT_CONFIG.get(&pid) {
+        match CONTEXT_CONFIG.get(pid) {
             Some(cfg) => context::capture(cfg, ctx),
             None => ctx.source = 0,
         }
@@ -196,11 +196,11 @@ fn stack_len(
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // An endless loop here would be rejected by the verifier if any panic path survived;
-    // the loader already fails on a surviving `call` to this handler ("last insn is not an
-    // exit or jmp"), so telling LLVM it is unreachable adds no risk and no instructions.
-    // SAFETY: every index and arithmetic step in this program is bounded so that no panic
-    // path remains; the verifier refuses the object otherwise.
+    // `loop {}` compiles to a back-edge the verifier rejects as an infinite loop. No panic
+    // path may survive in this program anyway: a surviving call to this handler fails to
+    // load ("last insn is not an exit or jmp").
+    // SAFETY: every index and arithmetic step is bounded so that no panic path remains, and
+    // the verifier refuses any object where one does; this point is never reached.
     unsafe { core::hint::unreachable_unchecked() }
 }
 

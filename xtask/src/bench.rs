@@ -25,7 +25,7 @@ fn wait_with_usage(child: &mut Child) -> Result<Usage> {
     // SAFETY: wait4 on our own unreaped child, writing into valid, owned out-parameters.
     let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
     if pid < 0 {
-        bail!("wait4: {}", std::io::Error::last_os_error());
+        return Err(std::io::Error::last_os_error()).context("wait4");
     }
     let tv = |t: libc::timeval| {
         Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)

@@ -55,6 +55,24 @@ enum Cmd {
     },
 }
 
+/// Clippy with warnings as errors, for the host crates and for the eBPF crate on its own
+/// target (which `--workspace` cannot build).
+fn lint() -> Result<()> {
+    util::cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    util::step("cargo +nightly clippy (profiler-ebpf, bpfel-unknown-none)");
+    util::run(
+        std::process::Command::new("rustup")
+            .args(["run", "nightly", "cargo", "clippy", "-p", "profiler-ebpf", "--release"])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            // A target dir of its own: the host build's artifacts are for another toolchain.
+            .args(["--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"])
+            .current_dir(util::workspace_root())
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\""),
+    )
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup { test_tools } => {
@@ -76,6 +94,7 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             setup::build_prerequisites()?;
             setup::test_tools()?;
+            lint()?;
             // Plain `cargo test` covers the default members; `--workspace` would build the eBPF crate for the host.
             let mut cargo_args = vec!["test"];
             cargo_args.extend(args.iter().map(String::as_str));

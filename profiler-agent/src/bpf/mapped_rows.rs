@@ -3,7 +3,7 @@
 //! the agent's start on hosts with many binaries.
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use aya::maps::MapData;
 use profiler_common::unwind::UnwindRow;
 
@@ -36,10 +36,7 @@ impl MappedRows {
             )
         };
         if ptr == libc::MAP_FAILED {
-            bail!(
-                "mmap of the unwind-row array: {}",
-                std::io::Error::last_os_error()
-            );
+            return Err(std::io::Error::last_os_error()).context("mmap of the unwind-row array");
         }
         Ok(MappedRows {
             ptr: ptr.cast(),

@@ -17,6 +17,9 @@ use crate::stats::{AgentCounter, AgentStats};
 use file_id::FileIdentity;
 use maps::MapEntry;
 
+/// The host's directory of separate debug files, searched after the process's own.
+const DEBUG_DIR: &str = "/usr/lib/debug";
+
 /// Stable handle of an opened binary; never reused within one agent run.
 pub type BinaryKey = u32;
 
@@ -27,6 +30,10 @@ pub struct BinaryInfo {
     pub path: String,
     /// The opened file.
     pub binary: Arc<Binary>,
+    /// Its separate debug file (`.gnu_debuglink` or build id), found while the process was
+    /// alive: the search runs next to the binary's path inside the process's mount
+    /// namespace, which is gone once the process exits.
+    pub debug_file: Option<Arc<Binary>>,
 }
 
 /// A user address after normalization.
@@ -319,7 +326,16 @@ impl Processes {
                     let key = self.next_key;
                     self.next_key += 1;
                     let path = entry.path.clone();
-                    self.binaries.insert(key, BinaryInfo { path, binary });
+                    let debug_dirs = [pid_dir.join("root/usr/lib/debug"), DEBUG_DIR.into()];
+                    let debug_file = symbolizer::dwarf::find_debug_file(&binary, &debug_dirs);
+                    self.binaries.insert(
+                        key,
+                        BinaryInfo {
+                            path,
+                            binary,
+                            debug_file,
+                        },
+                    );
                     self.by_file.insert(identity, key);
                     return Some(key);
                 }

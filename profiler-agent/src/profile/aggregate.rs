@@ -177,8 +177,8 @@ impl Aggregator {
         let mut process_exes = HashMap::new();
         let mut binaries = HashMap::new();
         for s in &stacks {
-            if !process_names.contains_key(&s.pid) {
-                process_names.insert(s.pid, processes.process_name(s.pid).to_string());
+            if let std::collections::hash_map::Entry::Vacant(v) = process_names.entry(s.pid) {
+                v.insert(processes.process_name(s.pid).to_string());
                 if let Some(exe) = processes.exe_path(s.pid) {
                     process_exes.insert(s.pid, exe.to_string());
                 }

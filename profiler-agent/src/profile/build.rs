@@ -131,8 +131,14 @@ fn symbolize_user(
         let Some(info) = interval.binaries.get(&key) else {
             continue;
         };
-        match symbols.symbolizer.symbolize(&info.binary, &addrs) {
-            Ok(results) => {
+        // The debug file (same addresses, full DWARF) first; the binary itself for what it
+        // lacks (a Go pclntab, symbols stripped from the debug file).
+        let first = info.debug_file.as_ref().unwrap_or(&info.binary);
+        match symbols.symbolizer.symbolize(first, &addrs) {
+            Ok(mut results) => {
+                if info.debug_file.is_some() {
+                    retry_misses(symbols, info, &addrs, &mut results);
+                }
                 for (addr, r) in addrs.into_iter().zip(results) {
                     out.insert((key, addr), r);
                 }
@@ -144,6 +150,24 @@ fn symbolize_user(
         }
     }
     out
+}
+
+/// Looks up in the binary itself what its debug file did not resolve.
+fn retry_misses(symbols: &mut Symbols, info: &BinaryInfo, addrs: &[u64], results: &mut [Lookup]) {
+    let missed: Vec<usize> = (0..results.len())
+        .filter(|&i| !matches!(&results[i], Ok(frames) if !frames.is_empty()))
+        .collect();
+    if missed.is_empty() {
+        return;
+    }
+    let again: Vec<u64> = missed.iter().map(|&i| addrs[i]).collect();
+    if let Ok(found) = symbols.symbolizer.symbolize(&info.binary, &again) {
+        for (i, r) in missed.into_iter().zip(found) {
+            if matches!(&r, Ok(frames) if !frames.is_empty()) {
+                results[i] = r;
+            }
+        }
+    }
 }
 
 /// Return addresses point after the call; look up the call instruction itself.

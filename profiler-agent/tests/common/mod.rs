@@ -310,9 +310,9 @@ pub fn go_tool() -> PathBuf {
 /// Profiling needs root (CAP_BPF + CAP_PERFMON); fail loudly rather than skip.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "end-to-end tests load eBPF programs and must run as root"
     );
 }
