@@ -164,7 +164,18 @@ fn syscall_heavy_workload_shows_kernel_frames_under_user_frames() {
         &["-O0", "-g", "-fno-omit-frame-pointer"],
     );
     let out = dir.path().join("profiles");
-    let samples = profile_fixture(&exe, &["2"], &out, HZ, &[]).samples();
+    let run = profile_fixture(&exe, &["2"], &out, HZ, &[]);
+    // Nearly every stack starts in the kernel, yet the first mapping (what `go tool pprof`
+    // shows as `File:`) is the profiled executable, not `[kernel.kallsyms]`.
+    for (path, p) in &run.profiles {
+        let first = &p.string_table[p.mapping[0].filename as usize];
+        assert!(
+            first.ends_with("/syscall_reader"),
+            "{}: first mapping is {first}",
+            path.display()
+        );
+    }
+    let samples = run.samples();
     let total: i64 = samples.iter().map(|s| s.count).sum();
     assert!(total > 50, "too few samples: {total}");
     let mut kernel_then_user = 0;
