@@ -231,9 +231,12 @@ fn go_map_labels(labels: u64, ctx: &mut RawContext, truncated: &mut bool) -> Opt
         return None;
     }
     let mut n = 0usize;
-    for (i, &top) in tophash.iter().enumerate() {
+    // An index loop on purpose: the iterator form clippy suggests made the verifier process
+    // 252k instructions instead of 77k (measured on 6.18).
+    #[allow(clippy::needless_range_loop)]
+    for i in 0..8usize {
         // 0 and 1 mark empty slots; 2..=4 evacuated ones.
-        if top < 5 {
+        if tophash[i] < 5 {
             continue;
         }
         let mut k = [0u64; 2];
