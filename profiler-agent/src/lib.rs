@@ -16,12 +16,14 @@
 //! - [`profile`]: aggregation per interval, symbolization, pprof, the writer thread.
 //! - [`sink`]: where finished profiles go.
 //! - [`stats`]: the one registry of counters, kernel and agent side.
+//! - [`error_chain`]: errors with their causes in log fields.
 #![warn(missing_docs)]
 
 pub mod agent;
 pub mod bpf;
 pub mod config;
 pub mod enrich;
+pub mod error_chain;
 pub mod process;
 pub mod profile;
 pub mod sink;

@@ -1,4 +1,5 @@
 //! Loads the eBPF program, attaches it to every CPU and reads its counters.
+use crate::error_chain::chain;
 use std::mem::size_of;
 
 use anyhow::{anyhow, Context as _, Result};
@@ -168,7 +169,7 @@ impl LoadedProgram {
             ) {
                 Ok(_) => attached_cpus.push(cpu),
                 Err(error) => {
-                    warn!(cpu, error = %error, "attach failed on this CPU; profiling goes on without it");
+                    warn!(cpu, error = %chain(&error), "attach failed on this CPU; profiling goes on without it");
                     failed_cpus.push(cpu);
                 }
             }
@@ -225,7 +226,9 @@ impl LoadedProgram {
         for c in Counter::ALL {
             match self.counters.get(&(c as u32), 0) {
                 Ok(values) => out[c as usize] = values.iter().sum(),
-                Err(error) => warn!(counter = c.name(), error = %error, "reading counter failed"),
+                Err(error) => {
+                    warn!(counter = c.name(), error = %chain(&error), "reading counter failed")
+                }
             }
         }
         out
@@ -237,7 +240,7 @@ impl LoadedProgram {
             let program: Result<&mut PerfEvent, _> = program.try_into();
             if let Ok(program) = program {
                 if let Err(error) = program.unload() {
-                    warn!(error = %error, "detaching the eBPF program failed");
+                    warn!(error = %chain(&error), "detaching the eBPF program failed");
                 }
             }
         }

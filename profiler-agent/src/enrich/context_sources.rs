@@ -1,5 +1,6 @@
 //! Finds each process's trace-context source (Go labels or an OTel thread-context record)
 //! and keeps the eBPF program's per-process configuration map in step.
+use crate::error_chain::chain;
 use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
@@ -175,7 +176,7 @@ impl ContextConfigs {
             }
             Err(error) => {
                 self.stats.inc(AgentCounter::ContextMapFull);
-                warn!(pid, %error, "cannot add trace-context config (map full?)");
+                warn!(pid, error = %chain(&error), "cannot add trace-context config (map full?)");
             }
         }
     }
@@ -185,7 +186,7 @@ impl ContextConfigs {
             Ok(s) => s,
             Err(error) => {
                 self.stats.inc(AgentCounter::ContextInspectFailed);
-                debug!(pid, %error, "cannot inspect executable for a trace-context source");
+                debug!(pid, error = %chain(&error), "cannot inspect executable for a trace-context source");
                 Source::None
             }
         };
@@ -209,7 +210,7 @@ impl ContextConfigs {
         for pid in gone {
             self.configured.remove(&pid);
             if let Err(error) = self.map.remove(&pid) {
-                debug!(pid, %error, "removing an exited process's context config failed");
+                debug!(pid, error = %chain(&error), "removing an exited process's context config failed");
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Compiles `.eh_frame` unwind tables for the executable mappings of profiled processes and
 //! keeps the eBPF program's table maps in step: rows and table info once per binary (shared
 //! across processes), LPM mapping entries per process, removed when the process exits.
+use crate::error_chain::chain;
 use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
@@ -223,7 +224,7 @@ impl UnwindTables {
                 }
                 Err(error) => {
                     self.stats.inc(AgentCounter::UnwindMapErrors);
-                    warn!(pid, %error, "cannot add the process-wide unwind entry");
+                    warn!(pid, error = %chain(&error), "cannot add the process-wide unwind entry");
                 }
             }
         }
@@ -245,7 +246,7 @@ impl UnwindTables {
             Ok(file) => file,
             Err(error) => {
                 // Gone before we looked: nothing to unwind with, and nothing to remember.
-                debug!(pid, path = %entry.path, %error, "mapped file not found");
+                debug!(pid, path = %entry.path, error = %chain(&error), "mapped file not found");
                 return Ok(());
             }
         };
@@ -286,7 +287,7 @@ impl UnwindTables {
     fn remove_mapping(&mut self, pid: u32, entries: MappingEntries) {
         for key in &entries.keys {
             if let Err(error) = self.maps.mappings.remove(key) {
-                debug!(pid, %error, "removing an LPM block failed");
+                debug!(pid, error = %chain(&error), "removing an LPM block failed");
             }
         }
         if let Some(table_id) = entries.table_id {
@@ -300,7 +301,7 @@ impl UnwindTables {
         };
         if let Some(key) = entries.process_key {
             if let Err(error) = self.maps.mappings.remove(&key) {
-                debug!(pid, %error, "removing the process-wide entry failed");
+                debug!(pid, error = %chain(&error), "removing the process-wide entry failed");
             }
             self.levels.processes = self.levels.processes.saturating_sub(1);
         }
@@ -356,7 +357,7 @@ impl UnwindTables {
             Err(error) => {
                 self.stats.inc(AgentCounter::UnwindOverBudget);
                 self.over_budget.insert(file);
-                warn!(pid, path = %entry.path, rows = table.rows.len(), %error, "unwind table over budget; frame pointers only (raise --unwind-table-rows)");
+                warn!(pid, path = %entry.path, rows = table.rows.len(), error = %chain(&error), "unwind table over budget; frame pointers only (raise --unwind-table-rows)");
                 return None;
             }
         };
@@ -416,7 +417,7 @@ impl UnwindTables {
             .tables
             .set(table_id, UnwindTableInfo::default(), 0)
         {
-            warn!(table_id, %error, "cannot clear unwind table info");
+            warn!(table_id, error = %chain(&error), "cannot clear unwind table info");
         }
         if let Some((&file, _)) = self.files.iter().find(|(_, f)| f.table_id == table_id) {
             self.files.remove(&file);

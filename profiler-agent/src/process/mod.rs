@@ -4,6 +4,7 @@
 pub mod file_id;
 pub mod maps;
 
+use crate::error_chain::chain;
 use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
@@ -205,13 +206,13 @@ impl Processes {
                 Ok(maps) => maps,
                 Err(error) => {
                     self.stats.inc(AgentCounter::MapsUnreadable);
-                    debug!(pid, %error, "unparsable maps; its frames stay unsymbolized");
+                    debug!(pid, error = %chain(&error), "unparsable maps; its frames stay unsymbolized");
                     Vec::new()
                 }
             },
             Err(error) => {
                 self.stats.inc(AgentCounter::MapsUnreadable);
-                debug!(pid, %error, "maps unreadable (process exited?); its frames stay unsymbolized");
+                debug!(pid, error = %chain(&error), "maps unreadable (process exited?); its frames stay unsymbolized");
                 Vec::new()
             }
         }
@@ -314,7 +315,7 @@ impl Processes {
             let identity = match FileIdentity::of(candidate) {
                 Ok(id) => id,
                 Err(error) => {
-                    last_error = Some(error.to_string());
+                    last_error = Some(chain(&error).to_string());
                     continue;
                 }
             };
@@ -339,7 +340,7 @@ impl Processes {
                     self.by_file.insert(identity, key);
                     return Some(key);
                 }
-                Err(error) => last_error = Some(error.to_string()),
+                Err(error) => last_error = Some(chain(&error).to_string()),
             }
         }
         if let Some(error) = last_error {

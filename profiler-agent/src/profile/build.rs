@@ -1,4 +1,5 @@
 //! Turns one aggregated interval into a symbolized pprof profile.
+use crate::error_chain::chain;
 use std::{collections::HashMap, time::UNIX_EPOCH};
 
 use symbolizer::{Frame, Lookup, Miss};
@@ -145,7 +146,7 @@ fn symbolize_user(
             }
             Err(error) => {
                 stats.binary_errors += 1;
-                warn!(path = %info.path, %error, "symbolizing this binary failed; its frames keep addresses");
+                warn!(path = %info.path, error = %chain(&error), "symbolizing this binary failed; its frames keep addresses");
             }
         }
     }

@@ -1,5 +1,6 @@
 //! The symbol sources that live as long as the agent: the user-space symbolizer and the
 //! kernel's symbol table, reloaded when the set of loaded modules changes.
+use crate::error_chain::chain;
 use std::{
     collections::hash_map::DefaultHasher,
     hash::{Hash as _, Hasher as _},
@@ -70,7 +71,7 @@ fn load_kallsyms(path: &Path) -> Option<Kallsyms> {
             None
         }
         Err(error) => {
-            warn!(path = %path.display(), %error, "cannot read kallsyms; kernel frames stay unsymbolized");
+            warn!(path = %path.display(), error = %chain(&error), "cannot read kallsyms; kernel frames stay unsymbolized");
             None
         }
     }

@@ -1,5 +1,6 @@
 //! The writer thread: symbolizes, builds, encodes and hands each profile to the sink, so the
 //! async runtime that reads the ring buffer never waits on symbolization or I/O.
+use crate::error_chain::chain;
 use std::{
     sync::Arc,
     thread::JoinHandle,
@@ -165,7 +166,7 @@ impl WriterThread {
             Ok(b) => b,
             Err(error) => {
                 self.stats.inc(AgentCounter::ProfileWriteFailed);
-                error!(%error, "encoding the profile failed; this interval is lost");
+                error!(error = %chain(&error), "encoding the profile failed; this interval is lost");
                 return;
             }
         };

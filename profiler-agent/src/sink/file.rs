@@ -1,5 +1,6 @@
 //! The file sink: profiles in a directory, with names that sort by time, written atomically,
 //! and pruned by age and total size so the directory never grows without bound.
+use crate::error_chain::chain;
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
@@ -83,7 +84,9 @@ impl FileSink {
                     pruned.files += 1;
                     pruned.bytes += len;
                 }
-                Err(error) => debug!(path = %path.display(), %error, "cannot prune an old profile"),
+                Err(error) => {
+                    debug!(path = %path.display(), error = %chain(&error), "cannot prune an old profile")
+                }
             }
         }
         self.stats
@@ -123,7 +126,7 @@ impl FileSink {
             let Some(name) = name.to_str() else { continue };
             if name.starts_with(&format!(".{PREFIX}")) && name.ends_with(".tmp") {
                 if let Err(error) = std::fs::remove_file(e.path()) {
-                    warn!(path = %e.path().display(), %error, "cannot remove a stale temporary file");
+                    warn!(path = %e.path().display(), error = %chain(&error), "cannot remove a stale temporary file");
                 }
             }
         }
@@ -178,7 +181,7 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf>
     f.write_all(bytes)
         .with_context(|| format!("writing {}", tmp.display()))?;
     if let Err(error) = f.sync_data() {
-        debug!(path = %tmp.display(), %error, "sync failed; the rename still makes it whole");
+        debug!(path = %tmp.display(), error = %chain(&error), "sync failed; the rename still makes it whole");
     }
     std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(path)
