@@ -2,20 +2,30 @@
 //! close an interval on the profile timer, stop on a signal or the deadline. The stages it
 //! wires are owned by [`Pipeline`]; finished intervals go to the writer thread over a bounded
 //! channel, so nothing on this thread waits for symbolization or disk.
-use std::{sync::Arc, time::Duration};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
 
 use anyhow::{Context as _, Result};
 use tokio::{
-    io::unix::AsyncFd,
+    io::unix::{AsyncFd, AsyncFdReadyMutGuard},
     signal::unix::{signal, SignalKind},
     time::{interval_at, sleep, Instant, MissedTickBehavior},
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
-    bpf::{loader::KernelCounters, ring, LoadedMaps, LoadedProgram, ProgramOptions},
+    bpf::{
+        events::{self, Lifecycle},
+        loader::KernelCounters,
+        ring, LoadedMaps, LoadedProgram, ProgramOptions,
+    },
     config::Config,
-    enrich::{context_sources::ContextConfigs, unwind_tables::UnwindTables},
+    enrich::{
+        context_sources::ContextConfigs,
+        unwind_tables::UnwindTables,
+        worker::{EnrichWorker, Request},
+    },
     process::{self, Processes},
     profile::{
         aggregate::Aggregator,
@@ -31,38 +41,104 @@ const PROC: &str = "/proc";
 /// The stages between the ring and the writer, in data-path order.
 struct Pipeline {
     processes: Processes,
-    unwind: Option<UnwindTables>,
-    contexts: Option<ContextConfigs>,
     aggregator: Aggregator,
+    /// Unwind tables and trace-context configs, on their own thread.
+    enrich: EnrichWorker,
     writer: ProfileWriter,
     stats: Arc<AgentStats>,
     /// Counters at the end of the last interval.
     last: Snapshot,
+    /// When a drain last found the ring empty or emptied it.
+    last_drain: std::time::Instant,
+    /// Maps to read again shortly after an exec: the loader maps libraries after it.
+    rereads: VecDeque<(Instant, u32)>,
 }
 
+/// How long after an exec the new image's mappings are read again.
+const REREAD_AFTER_EXEC: Duration = Duration::from_millis(20);
+/// Pending re-reads kept at most (one per exec; a flood of execs only loses re-reads).
+const MAX_PENDING_REREADS: usize = 4096;
+
 impl Pipeline {
-    /// Takes every record in the ring, then prepares the processes it revealed.
-    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
+    /// Handles every lifecycle event, then takes every sample in the ring: a process is
+    /// prepared before its first samples are aggregated.
+    fn drain(&mut self, events: Option<&mut RingBuf<MapData>>, ring: &mut RingBuf<MapData>) {
+        if let Some(events) = events {
+            self.handle_events(events);
+        }
         let Pipeline {
             processes,
             aggregator,
             stats,
             ..
         } = self;
-        ring::drain(ring, stats, |sample| aggregator.add(sample, processes));
-        self.prepare_new_processes();
+        let now = std::time::Instant::now();
+        if ring::drain(ring, stats, |sample| aggregator.add(sample, processes)) > 0 {
+            let waited = now.duration_since(self.last_drain).as_millis() as u64;
+            self.stats.raise(AgentCounter::RingStallMsMax, waited);
+        }
+        self.last_drain = std::time::Instant::now();
+        for pid in self.processes.take_new_pids() {
+            self.enrich.send(Request::Prepare(pid));
+        }
     }
 
-    /// Unwind tables and trace-context configs for processes seen for the first time.
-    fn prepare_new_processes(&mut self) {
-        for pid in self.processes.take_new_pids() {
-            if let Some(c) = self.contexts.as_mut() {
-                c.on_new_process(pid);
-            }
-            if let Some(u) = self.unwind.as_mut() {
-                u.on_new_process(pid);
+    fn handle_events(&mut self, events: &mut RingBuf<MapData>) {
+        while let Some(record) = events.next() {
+            match events::decode(&record) {
+                Ok(event) => self.on_event(event),
+                Err(error) => {
+                    self.stats.inc(AgentCounter::MalformedEvents);
+                    debug!(%error, "bad lifecycle record");
+                }
             }
         }
+    }
+
+    fn on_event(&mut self, event: Lifecycle) {
+        match event {
+            Lifecycle::Exec { pid, time_ns } => {
+                self.processes.on_exec(pid, time_ns);
+                // This one is taken by the exec request below; others still need preparing.
+                for other in self.processes.take_new_pids() {
+                    if other != pid {
+                        self.enrich.send(Request::Prepare(other));
+                    }
+                }
+                self.enrich.send(Request::Exec(pid));
+                if self.rereads.len() < MAX_PENDING_REREADS {
+                    self.rereads
+                        .push_back((Instant::now() + REREAD_AFTER_EXEC, pid));
+                }
+            }
+            Lifecycle::NewPid { pid } => self.processes.on_new_pid(pid),
+            Lifecycle::Exit { pid, time_ns } => {
+                self.processes.on_exit(pid, time_ns);
+                self.enrich.send(Request::Exited(pid));
+            }
+            Lifecycle::UnwindMiss { pid } => {
+                self.processes.reread(pid);
+                self.enrich.send(Request::Resync(pid));
+            }
+        }
+    }
+
+    /// Re-reads the mappings of processes that exec'd a moment ago.
+    fn due_rereads(&mut self) {
+        let now = Instant::now();
+        while let Some(&(at, pid)) = self.rereads.front() {
+            if at > now {
+                break;
+            }
+            self.rereads.pop_front();
+            self.processes.reread(pid);
+            self.enrich.send(Request::Resync(pid));
+        }
+    }
+
+    /// When the next re-read is due.
+    fn next_reread(&self) -> Option<Instant> {
+        self.rereads.front().map(|&(at, _)| at)
     }
 
     /// Closes the interval: hands its stacks and counters to the writer, then lets every
@@ -80,12 +156,7 @@ impl Pipeline {
         }
         let interval = self.aggregator.take(&mut self.processes);
         self.processes.end_interval();
-        if let Some(c) = self.contexts.as_mut() {
-            c.sweep_exited();
-        }
-        if let Some(u) = self.unwind.as_mut() {
-            u.refresh();
-        }
+        self.enrich.send(Request::EndInterval);
         self.writer.submit(Job { interval, counters });
     }
 }
@@ -100,6 +171,24 @@ fn check_pids(pids: &[u32]) {
                 "--pid names no running process; nothing will be sampled for it"
             );
         }
+    }
+}
+
+/// Readiness of the event ring, or never when there is none.
+async fn readable(
+    events: Option<&mut AsyncFd<RingBuf<MapData>>>,
+) -> std::io::Result<AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+    match events {
+        Some(e) => e.readable_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -122,6 +211,7 @@ pub async fn run(config: Config) -> Result<()> {
     );
     let LoadedMaps {
         ring,
+        events,
         contexts,
         unwind,
     } = maps;
@@ -134,20 +224,29 @@ pub async fn run(config: Config) -> Result<()> {
         },
         stats.clone(),
     )?;
+    let mut unwind = unwind.map(|m| {
+        UnwindTables::new(
+            m,
+            PROC,
+            config.unwind_table_rows,
+            profiler_common::MAX_UNWIND_TABLES,
+            stats.clone(),
+        )
+    });
+    let mut contexts = contexts
+        .filter(|_| config.trace_context)
+        .map(|m| ContextConfigs::new(m, PROC, !config.include_unsampled, stats.clone()));
+    // Processes already running are prepared before sampling counts, on this thread.
+    let initial_pids = process::initial_pids(PROC.as_ref(), &config.pids);
+    if let Some(u) = unwind.as_mut() {
+        u.scan_existing(&initial_pids);
+    }
+    if let Some(c) = contexts.as_mut() {
+        c.scan_existing(&initial_pids);
+    }
+    let lifecycle = if events.is_some() { "on" } else { "off" };
     let mut pipeline = Pipeline {
         processes: Processes::new(PROC, stats.clone()),
-        unwind: unwind.map(|m| {
-            UnwindTables::new(
-                m,
-                PROC,
-                config.unwind_table_rows,
-                profiler_common::MAX_UNWIND_TABLES,
-                stats.clone(),
-            )
-        }),
-        contexts: contexts
-            .filter(|_| config.trace_context)
-            .map(|m| ContextConfigs::new(m, PROC, !config.include_unsampled, stats.clone())),
         aggregator: Aggregator::new(
             LabelFilter {
                 allow: config.label_allow.clone(),
@@ -155,23 +254,24 @@ pub async fn run(config: Config) -> Result<()> {
             config.max_stacks,
             stats.clone(),
         ),
+        enrich: EnrichWorker::spawn(unwind, contexts, stats.clone())?,
         writer,
         stats: stats.clone(),
         last: Snapshot::default(),
+        last_drain: std::time::Instant::now(),
+        rereads: VecDeque::new(),
     };
-    let initial_pids = process::initial_pids(PROC.as_ref(), &config.pids);
-    if let Some(u) = pipeline.unwind.as_mut() {
-        u.scan_existing(&initial_pids);
-    }
-    if let Some(c) = pipeline.contexts.as_mut() {
-        c.scan_existing(&initial_pids);
-    }
-    info!(output_dir = %config.output_dir.display(), interval_secs = config.profile_interval.as_secs(), "profiling started");
+    info!(output_dir = %config.output_dir.display(), interval_secs = config.profile_interval.as_secs(), lifecycle, "profiling started");
 
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for as long as the
     // AsyncFd that wraps it exists.
     let mut ring =
         unsafe { AsyncFd::register(ring) }.context("registering the ring buffer with epoll")?;
+    let mut events = match events {
+        // SAFETY: as above, for the lifecycle ring.
+        Some(e) => Some(unsafe { AsyncFd::register(e) }.context("registering the event ring")?),
+        None => None,
+    };
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let deadline = sleep(config.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
@@ -183,15 +283,22 @@ pub async fn run(config: Config) -> Result<()> {
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
 
     loop {
+        let reread_at = pipeline.next_reread();
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                pipeline.drain(guard.get_inner_mut());
+                pipeline.drain(events.as_mut().map(|e| e.get_mut()), guard.get_inner_mut());
                 guard.clear_ready();
             }
-            _ = drain_tick.tick() => pipeline.drain(ring.get_mut()),
+            guard = readable(events.as_mut()) => {
+                let mut guard = guard.context("waiting on the event ring")?;
+                pipeline.drain(Some(guard.get_inner_mut()), ring.get_mut());
+                guard.clear_ready();
+            }
+            _ = sleep_until_opt(reread_at) => pipeline.due_rereads(),
+            _ = drain_tick.tick() => pipeline.drain(events.as_mut().map(|e| e.get_mut()), ring.get_mut()),
             _ = profile_tick.tick() => {
-                pipeline.drain(ring.get_mut());
+                pipeline.drain(events.as_mut().map(|e| e.get_mut()), ring.get_mut());
                 pipeline.end_interval(program.counters());
             }
             _ = sigint.recv() => { info!("SIGINT: writing the last profile"); break; }
@@ -204,12 +311,15 @@ pub async fn run(config: Config) -> Result<()> {
     let run_stats = program.run_stats();
     // Stop sampling first, so that the final counters and the drained ring agree exactly.
     program.detach();
-    pipeline.drain(ring.get_mut());
+    pipeline.drain(events.as_mut().map(|e| e.get_mut()), ring.get_mut());
     pipeline.end_interval(program.counters());
-    let Pipeline { writer, .. } = pipeline;
-    tokio::task::spawn_blocking(move || writer.finish())
-        .await
-        .context("waiting for the profile writer")?;
+    let Pipeline { writer, enrich, .. } = pipeline;
+    tokio::task::spawn_blocking(move || {
+        enrich.finish();
+        writer.finish();
+    })
+    .await
+    .context("waiting for the enrichment and writer threads")?;
 
     info!("totals {}", stats.snapshot(program.counters()).line());
     info!(

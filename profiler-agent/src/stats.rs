@@ -52,6 +52,13 @@ agent_counters! {
     UserStacksNonCanonical => ("user_stacks_non_canonical", Drop),
     /// `/proc/PID/maps` could not be read or parsed (the process exited first, mostly).
     MapsUnreadable => ("maps_unreadable", Drop),
+    /// Lifecycle ring records that could not be decoded.
+    MalformedEvents => ("malformed_events", Drop),
+    /// Requests to the enrichment thread dropped because its queue was full.
+    EnrichQueueFull => ("enrich_queue_full", Drop),
+    /// Longest time, in milliseconds, between two drains of the ring that found samples
+    /// waiting: how long the ring thread was kept from the ring.
+    RingStallMsMax => ("ring_stall_ms_max", Gauge),
     /// Maps re-read because an address fell outside every known mapping.
     MapsRereads => ("maps_rereads", Count),
     /// Binaries that could not be opened: their frames stay addresses.
@@ -133,6 +140,7 @@ pub const fn kernel_kind(c: KernelCounter) -> Kind {
     use KernelCounter as K;
     match c {
         K::RingBufferFull
+        | K::EventRingFull
         | K::UserStackError
         | K::KernelStackError
         | K::ContextReadError
@@ -149,6 +157,10 @@ pub const fn kernel_kind(c: KernelCounter) -> Kind {
         | K::FilteredOut
         | K::ContextUnsampled
         | K::ContextCaptured
+        | K::ProcessExecs
+        | K::ProcessExits
+        | K::NewPidEvents
+        | K::UnwindMissEvents
         | K::UnwindStacks
         | K::UnwindFpFrames
         | K::UnwindStopEndOfStack => Kind::Count,

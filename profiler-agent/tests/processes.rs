@@ -69,7 +69,7 @@ fn pie_addresses_normalize_to_elf_addresses() {
     let mut symbolizer = Symbolizer::new(SymbolizerConfig::default());
     for name in ["leaf", "middle", "outer", "main"] {
         let elf_addr = nm_symbol(&exe, name);
-        let frames = procs.normalize(pid, &[base + elf_addr + 1]);
+        let frames = procs.normalize(pid, 0, &[base + elf_addr + 1]);
         let UserFrame::Binary { binary, vaddr } = &frames[0] else {
             panic!("{name}: {frames:?}")
         };
@@ -80,7 +80,7 @@ fn pie_addresses_normalize_to_elf_addresses() {
         assert_eq!(looked[0].as_ref().unwrap()[0].function, name);
     }
     assert_eq!(procs.process_name(pid), "chain");
-    let vdso = procs.normalize(pid, &[0x7ffc00000010]);
+    let vdso = procs.normalize(pid, 0, &[0x7ffc00000010]);
     assert!(
         matches!(&vdso[0], UserFrame::Region { name, offset: 0x10 } if &**name == "[vdso]"),
         "{vdso:?}"
@@ -88,7 +88,7 @@ fn pie_addresses_normalize_to_elf_addresses() {
 
     // The binary vanishes from disk: frames already opened keep normalizing.
     fs::remove_file(in_root.join("chain")).unwrap();
-    let again = procs.normalize(pid, &[base + nm_symbol(&exe, "leaf")]);
+    let again = procs.normalize(pid, 0, &[base + nm_symbol(&exe, "leaf")]);
     assert!(matches!(again[0], UserFrame::Binary { .. }), "{again:?}");
     assert_eq!(stats.get(AgentCounter::BinaryOpenFailed), 0);
 }
@@ -102,7 +102,7 @@ fn vanished_process_and_bogus_binary_are_counted() {
     let mut procs = Processes::new(&root, stats.clone());
 
     // No /proc/PID at all: the process exited before we looked.
-    let frames = procs.normalize(9999, &[0x401000, 0x402000]);
+    let frames = procs.normalize(9999, 0, &[0x401000, 0x402000]);
     assert!(
         frames
             .iter()
@@ -121,7 +121,7 @@ fn vanished_process_and_bogus_binary_are_counted() {
     let dir = root.join("77/root/opt");
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("junk"), b"\x7fELF but not really, truncated").unwrap();
-    let frames = procs.normalize(77, &[0x400010]);
+    let frames = procs.normalize(77, 0, &[0x400010]);
     assert!(
         matches!(&frames[0], UserFrame::Region { name, offset: 0x1010 } if &**name == "/opt/junk"),
         "{frames:?}"
@@ -130,7 +130,7 @@ fn vanished_process_and_bogus_binary_are_counted() {
 
     // Garbage in maps is an unreadable process, not a panic.
     fake_process(&root, 78, "bad", "this is not a maps file\n");
-    let frames = procs.normalize(78, &[0x1]);
+    let frames = procs.normalize(78, 0, &[0x1]);
     assert!(matches!(frames[0], UserFrame::Unmapped { .. }));
     assert_eq!(stats.get(AgentCounter::MapsUnreadable), 2);
 
@@ -201,7 +201,7 @@ fn a_recycled_inode_is_not_taken_for_the_old_binary() {
     let stats = Arc::new(AgentStats::default());
     let mut procs = Processes::new(&root, stats.clone());
     let UserFrame::Binary { binary: old, .. } =
-        procs.normalize(501, &[base + nm_symbol(&first, "leaf")])[0]
+        procs.normalize(501, 0, &[base + nm_symbol(&first, "leaf")])[0]
     else {
         panic!("first binary not opened")
     };
@@ -209,7 +209,7 @@ fn a_recycled_inode_is_not_taken_for_the_old_binary() {
     std::thread::sleep(std::time::Duration::from_millis(20));
     fs::write(&shared, fs::read(&second).unwrap()).unwrap(); // same inode, new contents
     let recurse = nm_symbol(&second, "recurse");
-    let frames = procs.normalize(502, &[base + recurse]);
+    let frames = procs.normalize(502, 0, &[base + recurse]);
     let UserFrame::Binary { binary: new, vaddr } = frames[0] else {
         panic!("{frames:?}")
     };

@@ -218,6 +218,17 @@ indexed_enum! {
         LabelsTruncated => "labels_truncated",
         /// Samples that carry a trace context or labels.
         ContextCaptured => "context_captured",
+        /// Lifecycle events and requests lost because the event ring was full.
+        EventRingFull => "event_ring_full",
+        /// `exec`s seen by the `sched_process_exec` tracepoint (of filtered pids only).
+        ProcessExecs => "process_execs",
+        /// Process exits seen by `sched_process_exit` (thread-group leaders only).
+        ProcessExits => "process_exits",
+        /// Samples from a pid the agent had not heard of, which woke it at once.
+        NewPidEvents => "new_pid_events",
+        /// Table walks that ended outside every known mapping or table, reported (at most
+        /// once a second per process) so the agent re-reads that process's mappings.
+        UnwindMissEvents => "unwind_miss_events",
         /// User stacks walked with unwind tables (the process had table mappings).
         UnwindStacks => "unwind_stacks",
         /// Frames of those walks recovered by the frame-pointer fallback.
@@ -302,11 +313,49 @@ const _: () = {
             Counter::for_stop(reason).name(),
             reason.name()
         ));
-        assert!(Counter::for_stop(reason) as u32 == Counter::UnwindStopEndOfStack as u32 + i as u32);
+        assert!(
+            Counter::for_stop(reason) as u32 == Counter::UnwindStopEndOfStack as u32 + i as u32
+        );
         i += 1;
     }
     assert!(Counter::UnwindStopEndOfStack as u32 + unwind::StopReason::COUNT == Counter::COUNT);
 };
+
+/// A process lifecycle event, or a request from the sampler, on the small `EVENTS` ring:
+/// samples cannot crowd these out, and each one wakes the agent at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessEvent {
+    /// `bpf_ktime_get_ns()`, the clock of [`RawSample::time_ns`].
+    pub time_ns: u64,
+    /// `EVENT_*`.
+    pub kind: u32,
+    /// The process (tgid).
+    pub pid: u32,
+    /// The thread that caused it.
+    pub tid: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 24);
+
+/// The process replaced its image (`sched_process_exec`).
+pub const EVENT_EXEC: u32 = 1;
+/// The process exited (`sched_process_exit` of its thread-group leader).
+pub const EVENT_EXIT: u32 = 2;
+/// A sample came from a pid not reported before (a fork without exec, or a process that
+/// predates the agent).
+pub const EVENT_NEW_PID: u32 = 3;
+/// A table walk ended at `no_table` or `pc_not_covered`: a mapping the agent has not loaded
+/// (`dlopen`, JIT code, a library the loader mapped after exec).
+pub const EVENT_UNWIND_MISS: u32 = 4;
+
+/// Pids the kernel has reported to the agent (an LRU map: forgetting one only costs one
+/// more event).
+pub const MAX_KNOWN_PIDS: u32 = 32768;
+/// Nanoseconds between two unwind-miss reports of one process.
+pub const UNWIND_MISS_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// Name of the eBPF program in the object file.
 pub const PROGRAM_NAME: &str = "profile_cpu";
@@ -318,6 +367,16 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     /// Pids to sample when `FILTER_ENABLED` is set.
     pub const FILTER_PIDS: &str = "FILTER_PIDS";
+    /// Lifecycle events and requests ([`super::ProcessEvent`]).
+    pub const EVENTS: &str = "EVENTS";
+    /// Pids already reported to the agent.
+    pub const KNOWN_PIDS: &str = "KNOWN_PIDS";
+    /// Per pid, when an unwind miss was last reported.
+    pub const UNWIND_MISS_AT: &str = "UNWIND_MISS_AT";
+    /// The `sched_process_exec` tracepoint program.
+    pub const EXEC_PROGRAM: &str = "process_exec";
+    /// The `sched_process_exit` tracepoint program.
+    pub const EXIT_PROGRAM: &str = "process_exit";
     /// `.rodata` global: non-zero when only pids in `FILTER_PIDS` are sampled.
     pub const FILTER_ENABLED: &str = "FILTER_ENABLED";
     /// `.rodata` global (u64): unread ring-buffer bytes at which the reader is woken.
@@ -348,4 +407,6 @@ mod user {
     unsafe impl aya::Pod for super::RawSample {}
     // SAFETY: repr(C), integer fields only, no padding (size asserted).
     unsafe impl aya::Pod for super::ContextConfig {}
+    // SAFETY: repr(C), integers only, explicit padding field (size asserted: 8 + 4 * 4).
+    unsafe impl aya::Pod for super::ProcessEvent {}
 }

@@ -140,7 +140,7 @@ extern "C" fn unwind_step(_index: u32, _ctx: *mut c_void) -> i64 {
 /// its process has any; returns the frame count, or `None` to leave the stack to
 /// `bpf_get_stack`.
 #[inline(always)]
-pub fn unwind_user(pid: u32, out: *mut u64) -> Option<u32> {
+pub fn unwind_user(pid: u32, tid: u32, out: *mut u64) -> Option<u32> {
     // SAFETY: bpf_get_current_task_btf has no preconditions; bpf_task_pt_regs takes the
     // trusted task pointer it returns and gives that task's user-mode registers.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
@@ -182,6 +182,9 @@ pub fn unwind_user(pid: u32, out: *mut u64) -> Option<u32> {
         _ => StopReason::DepthLimit,
     };
     count(Counter::for_stop(stop));
+    if matches!(stop, StopReason::NoTable | StopReason::PcNotCovered) {
+        crate::lifecycle::note_unwind_miss(pid, tid);
+    }
     // SAFETY: both buffers hold at least MAX_STACK_DEPTH u64s; `out` points into the caller's
     // reserved ring-buffer entry.
     unsafe {

@@ -7,7 +7,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        PerfEvent,
+        PerfEvent, RawTracePoint,
     },
     Ebpf, EbpfLoader,
 };
@@ -71,6 +71,8 @@ pub struct LoadedProgram {
 pub struct LoadedMaps {
     /// Samples from the kernel.
     pub ring: RingBuf<MapData>,
+    /// Lifecycle events and requests; `None` when the tracepoints could not be attached.
+    pub events: Option<RingBuf<MapData>>,
     /// Per-process trace-context configuration.
     pub contexts: Option<HashMap<MapData, u32, ContextConfig>>,
     /// Unwind tables and mappings.
@@ -147,6 +149,17 @@ impl LoadedProgram {
             }
         }
 
+        // Lifecycle first, so processes started while the sampler attaches are not missed.
+        let lifecycle = match attach_lifecycle(&mut ebpf) {
+            Ok(()) => true,
+            Err(error) => {
+                warn!(
+                    error = format!("{error:#}"),
+                    "no process lifecycle events; new processes are found at their first sample"
+                );
+                false
+            }
+        };
         let program: &mut PerfEvent = ebpf
             .program_mut(PROGRAM_NAME)
             .context("eBPF program missing from the object")?
@@ -190,6 +203,12 @@ impl LoadedProgram {
                 .context("CONTEXT_CONFIG map missing")?,
         )?;
         let contexts = (fsbase_offset != 0).then_some(contexts);
+        let events = match lifecycle {
+            true => Some(RingBuf::try_from(
+                ebpf.take_map(names::EVENTS).context("EVENTS map missing")?,
+            )?),
+            false => None,
+        };
         let unwind = match unwind_rows {
             Some(rows) => Some(take_unwind_maps(&mut ebpf, rows)?),
             None => None,
@@ -214,6 +233,7 @@ impl LoadedProgram {
             program,
             LoadedMaps {
                 ring,
+                events,
                 contexts,
                 unwind,
             },
@@ -252,6 +272,27 @@ impl LoadedProgram {
         let info = program.info().ok()?;
         Some((info.run_time(), info.run_count()))
     }
+}
+
+/// Loads and attaches the `sched_process_exec` and `sched_process_exit` programs, as raw
+/// tracepoints: they need no tracefs mount.
+fn attach_lifecycle(ebpf: &mut Ebpf) -> Result<()> {
+    for (name, tracepoint) in [
+        (names::EXEC_PROGRAM, "sched_process_exec"),
+        (names::EXIT_PROGRAM, "sched_process_exit"),
+    ] {
+        let program: &mut RawTracePoint = ebpf
+            .program_mut(name)
+            .with_context(|| format!("{name} missing from the object"))?
+            .try_into()?;
+        program
+            .load()
+            .with_context(|| format!("the verifier rejected {name}"))?;
+        program
+            .attach(tracepoint)
+            .with_context(|| format!("attaching to the raw tracepoint {tracepoint}"))?;
+    }
+    Ok(())
 }
 
 fn take_unwind_maps(ebpf: &mut Ebpf, rows: u32) -> Result<UnwindMaps> {

@@ -61,6 +61,11 @@ impl MappedRows {
     }
 }
 
+// SAFETY: the mapping is owned by this value alone (no other pointer to it escapes), so moving
+// it to another thread moves sole access with it; the kernel's concurrent reads of the rows
+// are the same from any thread.
+unsafe impl Send for MappedRows {}
+
 impl Drop for MappedRows {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly the region mapped in `new`, which nothing else refers to.

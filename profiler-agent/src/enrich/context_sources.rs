@@ -197,6 +197,15 @@ impl ContextConfigs {
         source
     }
 
+    /// Forgets one process (it exited, or exec'd into another binary).
+    pub fn forget(&mut self, pid: u32) {
+        if self.configured.remove(&pid) {
+            if let Err(error) = self.map.remove(&pid) {
+                debug!(pid, error = %chain(&error), "removing a process's context config failed");
+            }
+        }
+    }
+
     /// Forgets processes that exited, so the map stays bounded by live processes and a
     /// reused pid is inspected afresh.
     pub fn sweep_exited(&mut self) {

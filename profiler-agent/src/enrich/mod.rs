@@ -3,3 +3,4 @@
 pub mod context_sources;
 pub mod go_runtime;
 pub mod unwind_tables;
+pub mod worker;

@@ -157,7 +157,7 @@ impl UnwindTables {
 
     /// Brings the entries of `pid` in line with its current maps: mappings that appeared
     /// (dlopen, exec) are added, mappings that went away are removed with their tables.
-    fn sync(&mut self, pid: u32) {
+    pub fn sync(&mut self, pid: u32) {
         let started = Instant::now();
         let dir = self.proc_root.join(pid.to_string());
         // Kernel threads and processes that already exited have no maps: nothing to add.
@@ -295,7 +295,8 @@ impl UnwindTables {
         }
     }
 
-    fn remove_process(&mut self, pid: u32) {
+    /// Takes out everything `pid` put into the maps (it exited).
+    pub fn remove_process(&mut self, pid: u32) {
         let Some(entries) = self.procs.remove(&pid) else {
             return;
         };

@@ -62,6 +62,13 @@ pub enum UserFrame {
     },
 }
 
+/// Which image of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Current,
+    Previous,
+}
+
 /// What became of one map entry's binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Opened {
@@ -73,13 +80,27 @@ enum Opened {
     Binary(BinaryKey),
 }
 
-struct Process {
-    name: String,
+/// What a process ran between two `exec`s: its mappings and the binaries behind them.
+struct Image {
+    /// Kernel time (`bpf_ktime_get_ns`) of the exec that started it; 0 if not seen.
+    since_ns: u64,
     /// `/proc/PID/exe` as the process saw it, to name the profile's main binary.
     exe: Option<String>,
     maps: Vec<MapEntry>,
     /// Per entry of `maps`.
     opened: Vec<Opened>,
+}
+
+struct Process {
+    name: String,
+    /// Field 22 of `/proc/PID/stat` (clock ticks after boot): with the pid, the identity of
+    /// the process, so a reused pid is never taken for the process that had it before.
+    start_time: Option<u64>,
+    image: Image,
+    /// The image before the last exec, for samples taken before it and read after.
+    previous: Option<Image>,
+    /// Kernel time of the exit, once the kernel reported it.
+    exited_ns: Option<u64>,
     last_seen: u64,
     reread_in_generation: bool,
 }
@@ -110,17 +131,37 @@ pub fn initial_pids(proc_root: &Path, filter: &[u32]) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+impl Image {
+    fn empty() -> Image {
+        Image {
+            since_ns: 0,
+            exe: None,
+            maps: Vec::new(),
+            opened: Vec::new(),
+        }
+    }
+}
+
 impl Process {
     fn empty() -> Process {
         Process {
             name: String::new(),
-            exe: None,
-            maps: Vec::new(),
-            opened: Vec::new(),
+            start_time: None,
+            image: Image::empty(),
+            previous: None,
+            exited_ns: None,
             last_seen: 0,
             reread_in_generation: false,
         }
     }
+}
+
+/// Field 22 of `/proc/PID/stat`, the process's start time.
+fn read_start_time(dir: &Path) -> Option<u64> {
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    // The name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
 impl Processes {
@@ -145,15 +186,15 @@ impl Processes {
 
     /// The process's `comm` ("" if it could not be read).
     pub fn process_name(&mut self, pid: u32) -> &str {
-        &self.process(pid).name
+        &self.process(pid, u64::MAX).name
     }
 
     /// The executable's path as the process saw it, if known.
     pub fn exe_path(&mut self, pid: u32) -> Option<&str> {
-        self.process(pid).exe.as_deref()
+        self.process(pid, u64::MAX).image.exe.as_deref()
     }
 
-    /// Processes seen for the first time since the last call.
+    /// Processes seen for the first time since the last call, and processes that exec'd.
     pub fn take_new_pids(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.new_pids)
     }
@@ -168,8 +209,104 @@ impl Processes {
         &self.proc_root
     }
 
-    fn process(&mut self, pid: u32) -> &mut Process {
-        if !self.procs.contains_key(&pid) {
+    /// The kernel reported an exec at `time_ns`: the new image's mappings are read and its
+    /// binaries opened now, while the process certainly lives; samples taken before the exec
+    /// keep the old image.
+    pub fn on_exec(&mut self, pid: u32, time_ns: u64) {
+        let dir = self.proc_root.join(pid.to_string());
+        let start_time = read_start_time(&dir);
+        let same = self
+            .procs
+            .get(&pid)
+            .is_some_and(|p| p.exited_ns.is_none() && p.start_time == start_time);
+        if same {
+            let mut image = self.read_image(pid, time_ns);
+            let name = self.read_name(pid);
+            if let Some(p) = self.procs.get_mut(&pid) {
+                std::mem::swap(&mut p.image, &mut image);
+                p.previous = Some(image);
+                p.name = name;
+            }
+        } else {
+            let mut fresh = self.read_process(pid);
+            fresh.image.since_ns = time_ns;
+            self.procs.insert(pid, fresh);
+        }
+        self.new_pids.push(pid);
+        self.touch(pid);
+        self.open_executables(pid);
+    }
+
+    /// The kernel reported a pid it had not reported before (a fork, or a process older than
+    /// the agent): read it now. A pid whose process exited is a new process.
+    pub fn on_new_pid(&mut self, pid: u32) {
+        let known_alive = self.procs.get(&pid).is_some_and(|p| {
+            p.exited_ns.is_none()
+                && p.start_time == read_start_time(&self.proc_root.join(pid.to_string()))
+        });
+        if !known_alive {
+            let fresh = self.read_process(pid);
+            self.procs.insert(pid, fresh);
+            self.new_pids.push(pid);
+        }
+        self.touch(pid);
+        self.open_executables(pid);
+    }
+
+    /// The kernel reported the exit at `time_ns`. The state stays until the profile holding
+    /// the process's samples is written (see [`Processes::end_interval`]).
+    pub fn on_exit(&mut self, pid: u32, time_ns: u64) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.exited_ns = Some(time_ns);
+        }
+    }
+
+    /// Re-reads the mappings of a live process (a `dlopen`, or libraries the loader mapped
+    /// after the exec the image was read at).
+    pub fn reread(&mut self, pid: u32) {
+        let Some(since) = self.procs.get(&pid).map(|p| p.image.since_ns) else {
+            return;
+        };
+        let image = self.read_image(pid, since);
+        if image.maps.is_empty() {
+            return; // gone: keep what we had
+        }
+        self.stats.inc(AgentCounter::MapsRereads);
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.image = image;
+        }
+        self.open_executables(pid);
+    }
+
+    /// Opens the binary of every executable file mapping of the current image.
+    fn open_executables(&mut self, pid: u32) {
+        let Some(p) = self.procs.get(&pid) else {
+            return;
+        };
+        let wanted: Vec<usize> = (0..p.image.maps.len())
+            .filter(|&i| p.image.maps[i].executable && p.image.maps[i].is_file())
+            .collect();
+        for idx in wanted {
+            self.open_binary(pid, Which::Current, idx);
+        }
+    }
+
+    fn touch(&mut self, pid: u32) {
+        let generation = self.generation;
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.last_seen = generation;
+        }
+    }
+
+    /// The process a sample taken at `time_ns` came from, read now if it is new. A sample
+    /// taken after the exit of the process we know under this pid comes from a new one.
+    fn process(&mut self, pid: u32, time_ns: u64) -> &mut Process {
+        let reused = self
+            .procs
+            .get(&pid)
+            .and_then(|p| p.exited_ns)
+            .is_some_and(|exit| time_ns != u64::MAX && time_ns > exit);
+        if reused || !self.procs.contains_key(&pid) {
             self.new_pids.push(pid);
             let fresh = self.read_process(pid);
             self.procs.insert(pid, fresh);
@@ -180,22 +317,36 @@ impl Processes {
         p
     }
 
+    fn read_name(&self, pid: u32) -> String {
+        std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("comm"))
+            .map(|s| s.trim_end().to_string())
+            .unwrap_or_default()
+    }
+
     fn read_process(&mut self, pid: u32) -> Process {
         let dir = self.proc_root.join(pid.to_string());
-        let name = std::fs::read_to_string(dir.join("comm"))
-            .map(|s| s.trim_end().to_string())
-            .unwrap_or_default();
+        Process {
+            name: self.read_name(pid),
+            start_time: read_start_time(&dir),
+            image: self.read_image(pid, 0),
+            previous: None,
+            exited_ns: None,
+            last_seen: self.generation,
+            reread_in_generation: false,
+        }
+    }
+
+    fn read_image(&mut self, pid: u32, since_ns: u64) -> Image {
+        let dir = self.proc_root.join(pid.to_string());
         let exe = std::fs::read_link(dir.join("exe"))
             .ok()
             .map(|p| p.to_string_lossy().into_owned());
         let maps = self.read_maps(pid);
-        Process {
-            name,
+        Image {
+            since_ns,
             exe,
             opened: vec![Opened::NotYet; maps.len()],
             maps,
-            last_seen: self.generation,
-            reread_in_generation: false,
         }
     }
 
@@ -218,72 +369,97 @@ impl Processes {
         }
     }
 
-    /// Normalizes a user stack, innermost first.
-    pub fn normalize(&mut self, pid: u32, addrs: &[u64]) -> Vec<UserFrame> {
+    /// Normalizes a user stack taken at `time_ns` (kernel clock), innermost first.
+    pub fn normalize(&mut self, pid: u32, time_ns: u64, addrs: &[u64]) -> Vec<UserFrame> {
         addrs
             .iter()
-            .map(|&addr| self.normalize_one(pid, addr))
+            .map(|&addr| self.normalize_one(pid, time_ns, addr))
             .collect()
     }
 
-    fn normalize_one(&mut self, pid: u32, addr: u64) -> UserFrame {
-        let mut idx = self.find_entry(pid, addr);
-        if idx.is_none() {
+    fn normalize_one(&mut self, pid: u32, time_ns: u64, addr: u64) -> UserFrame {
+        let which = {
+            let p = self.process(pid, time_ns);
+            match &p.previous {
+                Some(_) if time_ns < p.image.since_ns => Which::Previous,
+                _ => Which::Current,
+            }
+        };
+        let mut idx = self.find_entry(pid, which, addr);
+        if idx.is_none() && which == Which::Current {
             // The process may have mapped something new since we read its maps (dlopen).
-            let p = self.process(pid);
-            if !p.reread_in_generation && !p.maps.is_empty() {
+            let p = self.process(pid, time_ns);
+            if !p.reread_in_generation && !p.image.maps.is_empty() {
                 p.reread_in_generation = true;
-                self.stats.inc(AgentCounter::MapsRereads);
-                let maps = self.read_maps(pid);
-                let p = self.process(pid);
-                if !maps.is_empty() {
-                    p.opened = vec![Opened::NotYet; maps.len()];
-                    p.maps = maps;
-                }
-                idx = self.find_entry(pid, addr);
+                self.reread(pid);
+                idx = self.find_entry(pid, which, addr);
             }
         }
         let Some(idx) = idx else {
             self.stats.inc(AgentCounter::UnmappedAddresses);
             return UserFrame::Unmapped { addr };
         };
-        let (start, offset, is_file) = {
-            let e = &self.process(pid).maps[idx];
-            (e.start, e.offset, e.is_file())
+        let Some(e) = self
+            .image(pid, which)
+            .and_then(|i| i.maps.get(idx))
+            .cloned()
+        else {
+            return UserFrame::Unmapped { addr };
         };
-        let file_offset = addr - start + offset;
-        if is_file {
-            if let Some(key) = self.open_binary(pid, idx) {
+        let file_offset = addr - e.start + e.offset;
+        if e.is_file() {
+            if let Some(key) = self.open_binary(pid, which, idx) {
                 let info = self.binaries.get(&key);
                 if let Some(vaddr) = info.and_then(|i| i.binary.file_offset_to_vaddr(file_offset)) {
                     return UserFrame::Binary { binary: key, vaddr };
                 }
             }
         }
-        let path = &self.process(pid).maps[idx].path;
-        let name: Arc<str> = if path.is_empty() {
+        let name: Arc<str> = if e.path.is_empty() {
             Arc::from("[anon]")
         } else {
-            Arc::from(path.as_str())
+            Arc::from(e.path.as_str())
         };
         UserFrame::Region {
             name,
-            offset: if is_file { file_offset } else { addr - start },
+            offset: if e.is_file() {
+                file_offset
+            } else {
+                addr - e.start
+            },
         }
     }
 
-    fn find_entry(&mut self, pid: u32, addr: u64) -> Option<usize> {
-        maps::find_index(&self.process(pid).maps, addr)
+    fn image(&self, pid: u32, which: Which) -> Option<&Image> {
+        let p = self.procs.get(&pid)?;
+        match which {
+            Which::Current => Some(&p.image),
+            Which::Previous => p.previous.as_ref(),
+        }
+    }
+
+    fn image_mut(&mut self, pid: u32, which: Which) -> Option<&mut Image> {
+        let p = self.procs.get_mut(&pid)?;
+        match which {
+            Which::Current => Some(&mut p.image),
+            Which::Previous => p.previous.as_mut(),
+        }
+    }
+
+    fn find_entry(&self, pid: u32, which: Which, addr: u64) -> Option<usize> {
+        maps::find_index(&self.image(pid, which)?.maps, addr)
     }
 
     /// The binary behind map entry `idx`, opened the first time any of its addresses is seen.
-    fn open_binary(&mut self, pid: u32, idx: usize) -> Option<BinaryKey> {
-        match self.process(pid).opened[idx] {
-            Opened::Binary(key) => return Some(key),
-            Opened::Failed => return None,
-            Opened::NotYet => {}
-        }
-        let entry = self.process(pid).maps[idx].clone();
+    fn open_binary(&mut self, pid: u32, which: Which, idx: usize) -> Option<BinaryKey> {
+        let entry = {
+            let image = self.image(pid, which)?;
+            match image.opened.get(idx)? {
+                Opened::Binary(key) => return Some(*key),
+                Opened::Failed => return None,
+                Opened::NotYet => image.maps.get(idx)?.clone(),
+            }
+        };
         let opened = match self.open_file(pid, &entry) {
             Some(key) => Opened::Binary(key),
             None => {
@@ -291,7 +467,12 @@ impl Processes {
                 Opened::Failed
             }
         };
-        self.process(pid).opened[idx] = opened;
+        if let Some(slot) = self
+            .image_mut(pid, which)
+            .and_then(|i| i.opened.get_mut(idx))
+        {
+            *slot = opened;
+        }
         match opened {
             Opened::Binary(key) => Some(key),
             _ => None,
@@ -358,7 +539,10 @@ impl Processes {
         let mut live = HashSet::new();
         for p in self.procs.values_mut() {
             p.reread_in_generation = false;
-            live.extend(p.opened.iter().filter_map(|o| match o {
+            // An image replaced by exec served the interval just written; it is not needed
+            // for the next one.
+            p.previous = None;
+            live.extend(p.image.opened.iter().filter_map(|o| match o {
                 Opened::Binary(key) => Some(*key),
                 _ => None,
             }));

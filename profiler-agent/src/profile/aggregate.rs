@@ -151,7 +151,7 @@ impl Aggregator {
                 .count += 1;
             return;
         }
-        let user = processes.normalize(sample.pid, &key.user);
+        let user = processes.normalize(sample.pid, sample.time_ns, &key.user);
         let entry = StackCount {
             pid: sample.pid,
             tid: sample.tid,
@@ -262,7 +262,7 @@ mod tests {
         assert_eq!(agg.distinct_stacks(), 1);
         assert_eq!(
             stats
-                .snapshot([0; 20])
+                .snapshot([0; crate::stats::KernelCounter::COUNT as usize])
                 .get(Stat::Agent(AgentCounter::StackLimitSamples)),
             6
         );

@@ -1,0 +1,158 @@
+//! End-to-end: processes that live 30 ms of CPU each, started back to back two at a time,
+//! are profiled host-wide with their whole call chain. The agent learns of each at its exec
+//! (a tracepoint), reads its mappings and opens its binaries while it lives, and has its
+//! unwind table loaded before most of its samples are taken.
+mod common;
+
+use std::{
+    path::Path,
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+const CHAIN: [&str; 4] = ["leaf", "middle", "outer", "main"];
+
+/// Keeps two processes made by `spawn` running at any time for `secs`; returns how many ran.
+fn churn(secs: u64, spawn: impl Fn() -> Child) -> usize {
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut running: Vec<Child> = (0..2).map(|_| spawn()).collect();
+    let mut started = 2;
+    while Instant::now() < end {
+        for slot in running.iter_mut() {
+            if let Some(status) = slot.try_wait().unwrap() {
+                assert!(status.success(), "fixture failed: {status:?}");
+                *slot = spawn();
+                started += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for mut c in running {
+        c.wait().unwrap();
+    }
+    started
+}
+
+/// Profiles the host while `spawn` churns; returns the samples whose `comm` is `comm`.
+fn profile_churn(dir: &Path, comm: &str, spawn: impl Fn() -> Child) -> (Vec<FlatSample>, usize) {
+    let out = dir.join("profiles");
+    let agent = Agent::start(&out, &["--frequency", "99", "--profile-interval", "60"]);
+    let started = churn(8, spawn);
+    let log = agent.stop();
+    let t = totals(&log);
+    assert_eq!(
+        t["samples_taken"],
+        t["delivered"] + t["ring_buffer_full"],
+        "{t:?}"
+    );
+    assert!(t["process_execs"] as usize >= started, "{t:?}");
+    let samples = read_profiles(&out)
+        .iter()
+        .flat_map(|(_, p)| flatten(p))
+        .filter(|s| s.str_labels.iter().any(|(k, v)| k == "comm" && v == comm))
+        .collect();
+    (samples, started)
+}
+
+fn check(samples: &[FlatSample], started: usize) {
+    let user = |s: &FlatSample| -> Vec<String> {
+        s.frames
+            .iter()
+            .filter(|(_, m)| m != "[kernel.kallsyms]")
+            .map(|(f, _)| f.clone())
+            .collect()
+    };
+    let total: i64 = samples.iter().map(|s| s.count).sum();
+    let whole: i64 = samples
+        .iter()
+        .filter(|s| user(s).starts_with(&CHAIN.map(String::from)))
+        .map(|s| s.count)
+        .sum();
+    let others: Vec<_> = samples
+        .iter()
+        .filter(|s| !user(s).starts_with(&CHAIN.map(String::from)))
+        .collect();
+    let unattributed: i64 = others
+        .iter()
+        .filter(|s| user(s).iter().any(|f| f.starts_with("[unknown]")))
+        .map(|s| s.count)
+        .sum();
+    let broken: Vec<_> = others.iter().take(8).map(|s| user(s)).collect();
+    eprintln!(
+        "{started} processes, {whole}/{total} samples with the whole chain, {unattributed} with \
+         an unattributed frame; some others: {broken:?}"
+    );
+    assert!(
+        total >= 300,
+        "too few samples of the short-lived processes: {total}"
+    );
+    assert!(
+        whole as f64 >= 0.9 * total as f64,
+        "only {whole}/{total} samples carry leaf <- middle <- outer <- main: {broken:?}"
+    );
+}
+
+fn build(dir: &Path, name: &str, flags: &[&str]) -> std::path::PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/short_chain.c");
+    let out = dir.join(name);
+    let status = Command::new("gcc")
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("gcc");
+    assert!(status.success());
+    out
+}
+
+#[test]
+fn short_lived_processes_with_frame_pointers_keep_their_chain() {
+    require_root();
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "shortfp", &["-O1", "-fno-omit-frame-pointer"]);
+    let (samples, started) = profile_churn(dir.path(), "shortfp", || {
+        Command::new(&exe).arg("30").spawn().unwrap()
+    });
+    check(&samples, started);
+}
+
+#[test]
+fn short_lived_processes_without_frame_pointers_keep_their_chain() {
+    require_root();
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(
+        dir.path(),
+        "shortnofp",
+        &["-O2", "-fomit-frame-pointer", "-fno-optimize-sibling-calls"],
+    );
+    let (samples, started) = profile_churn(dir.path(), "shortnofp", || {
+        Command::new(&exe).arg("30").spawn().unwrap()
+    });
+    check(&samples, started);
+}
+
+/// `sh -c 'exec ./fixture'`: the pid first runs the shell, then the fixture's image.
+#[test]
+fn short_lived_processes_that_exec_keep_their_chain() {
+    require_root();
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(
+        dir.path(),
+        "shortexec",
+        &["-O2", "-fomit-frame-pointer", "-fno-optimize-sibling-calls"],
+    );
+    let script = format!("exec {} 30", exe.display());
+    let (samples, started) = profile_churn(dir.path(), "shortexec", || {
+        Command::new("/bin/sh")
+            .args(["-c", &script])
+            .spawn()
+            .unwrap()
+    });
+    check(&samples, started);
+}
