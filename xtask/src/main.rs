@@ -62,14 +62,25 @@ fn lint() -> Result<()> {
     util::step("cargo +nightly clippy (profiler-ebpf, bpfel-unknown-none)");
     util::run(
         std::process::Command::new("rustup")
-            .args(["run", "nightly", "cargo", "clippy", "-p", "profiler-ebpf", "--release"])
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "-p",
+                "profiler-ebpf",
+                "--release",
+            ])
             .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
             // A target dir of its own: the host build's artifacts are for another toolchain.
             .args(["--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"])
             .current_dir(util::workspace_root())
             .env_remove("RUSTC")
             .env_remove("RUSTC_WORKSPACE_WRAPPER")
-            .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\""),
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                "--cfg=bpf_target_arch=\"x86_64\"",
+            ),
     )
 }
 
