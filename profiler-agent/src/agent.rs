@@ -54,8 +54,9 @@ struct Pipeline {
     rereads: VecDeque<(Instant, u32)>,
 }
 
-/// How long after an exec the new image's mappings are read again.
-const REREAD_AFTER_EXEC: Duration = Duration::from_millis(20);
+/// When after an exec the new image's mappings are read again: the loader maps the
+/// libraries within a millisecond or two; the later look catches a slow start.
+const REREADS_AFTER_EXEC: [Duration; 2] = [Duration::from_millis(3), Duration::from_millis(30)];
 /// Pending re-reads kept at most (one per exec; a flood of execs only loses re-reads).
 const MAX_PENDING_REREADS: usize = 4096;
 
@@ -106,9 +107,10 @@ impl Pipeline {
                     }
                 }
                 self.enrich.send(Request::Exec(pid));
-                if self.rereads.len() < MAX_PENDING_REREADS {
-                    self.rereads
-                        .push_back((Instant::now() + REREAD_AFTER_EXEC, pid));
+                for after in REREADS_AFTER_EXEC {
+                    if self.rereads.len() < MAX_PENDING_REREADS {
+                        self.insert_reread(Instant::now() + after, pid);
+                    }
                 }
             }
             Lifecycle::NewPid { pid } => self.processes.on_new_pid(pid),
@@ -121,6 +123,12 @@ impl Pipeline {
                 self.enrich.send(Request::Resync(pid));
             }
         }
+    }
+
+    /// Keeps the re-read queue in deadline order (two delays interleave).
+    fn insert_reread(&mut self, at: Instant, pid: u32) {
+        let idx = self.rereads.partition_point(|&(t, _)| t <= at);
+        self.rereads.insert(idx, (at, pid));
     }
 
     /// Re-reads the mappings of processes that exec'd a moment ago.

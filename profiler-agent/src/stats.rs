@@ -47,8 +47,9 @@ agent_counters! {
     /// Samples of a new stack after the interval reached `--max-stacks` distinct stacks:
     /// kept, folded into one `[stack limit reached]` stack per process.
     StackLimitSamples => ("stack_limit_samples", Drop),
-    /// User stacks cut at a non-canonical address (not a user-space pointer: a garbage
-    /// return address from a frame-pointer walk through code without frame pointers).
+    /// User stacks cut at an address that cannot be user code: non-canonical, or below
+    /// `mmap_min_addr` (0, mostly) — garbage from a frame-pointer walk through code without
+    /// frame pointers.
     UserStacksNonCanonical => ("user_stacks_non_canonical", Drop),
     /// `/proc/PID/maps` could not be read or parsed (the process exited first, mostly).
     MapsUnreadable => ("maps_unreadable", Drop),

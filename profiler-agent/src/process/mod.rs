@@ -18,6 +18,10 @@ use crate::stats::{AgentCounter, AgentStats};
 use file_id::FileIdentity;
 use maps::MapEntry;
 
+/// A process's maps are read again for a missing address at most this often: a process that
+/// keeps mapping code (a JIT) costs one read per interval of this length, not one per sample.
+const MISS_REREAD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// The host's directory of separate debug files, searched after the process's own.
 const DEBUG_DIR: &str = "/usr/lib/debug";
 
@@ -102,7 +106,8 @@ struct Process {
     /// Kernel time of the exit, once the kernel reported it.
     exited_ns: Option<u64>,
     last_seen: u64,
-    reread_in_generation: bool,
+    /// When an address missing from the maps last made us read them again.
+    last_miss_reread: Option<std::time::Instant>,
 }
 
 /// Every process seen in recent intervals.
@@ -151,7 +156,7 @@ impl Process {
             previous: None,
             exited_ns: None,
             last_seen: 0,
-            reread_in_generation: false,
+            last_miss_reread: None,
         }
     }
 }
@@ -226,6 +231,8 @@ impl Processes {
                 std::mem::swap(&mut p.image, &mut image);
                 p.previous = Some(image);
                 p.name = name;
+                // The new image gets its own look when an address misses its maps.
+                p.last_miss_reread = None;
             }
         } else {
             let mut fresh = self.read_process(pid);
@@ -332,7 +339,7 @@ impl Processes {
             previous: None,
             exited_ns: None,
             last_seen: self.generation,
-            reread_in_generation: false,
+            last_miss_reread: None,
         }
     }
 
@@ -389,8 +396,11 @@ impl Processes {
         if idx.is_none() && which == Which::Current {
             // The process may have mapped something new since we read its maps (dlopen).
             let p = self.process(pid, time_ns);
-            if !p.reread_in_generation && !p.image.maps.is_empty() {
-                p.reread_in_generation = true;
+            let due = p
+                .last_miss_reread
+                .is_none_or(|t| t.elapsed() >= MISS_REREAD_INTERVAL);
+            if due && !p.image.maps.is_empty() {
+                p.last_miss_reread = Some(std::time::Instant::now());
                 self.reread(pid);
                 idx = self.find_entry(pid, which, addr);
             }
@@ -538,7 +548,6 @@ impl Processes {
         self.procs.retain(|_, p| p.last_seen >= keep_after);
         let mut live = HashSet::new();
         for p in self.procs.values_mut() {
-            p.reread_in_generation = false;
             // An image replaced by exec served the interval just written; it is not needed
             // for the next one.
             p.previous = None;

@@ -14,6 +14,10 @@ use crate::{
 /// at or above it is garbage: text read as a pointer during a frame-pointer walk.
 pub const USER_ADDRESS_LIMIT: u64 = 0x0000_8000_0000_0000;
 
+/// No code lives below this address (the kernel's default `vm.mmap_min_addr`): a frame
+/// there, most often 0 from a frame-pointer walk that ran off its stack, is garbage.
+pub const USER_ADDRESS_FLOOR: u64 = 0x1_0000;
+
 /// The pseudo frame that stands for the stacks folded away by the distinct-stack cap.
 pub const STACK_LIMIT_FRAME: &str = "[stack limit reached]";
 
@@ -83,11 +87,11 @@ pub fn comm_str(comm: &[u8]) -> String {
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
-/// The user stack up to (not including) its first non-canonical address.
+/// The user stack up to (not including) its first address that cannot be user code.
 fn canonical_prefix(stack: &[u64]) -> &[u64] {
     let end = stack
         .iter()
-        .position(|&a| a >= USER_ADDRESS_LIMIT)
+        .position(|&a| !(USER_ADDRESS_FLOOR..USER_ADDRESS_LIMIT).contains(&a))
         .unwrap_or(stack.len());
     &stack[..end]
 }
@@ -234,14 +238,14 @@ mod tests {
     fn the_stack_cap_folds_overflow_into_one_counted_stack_per_process() {
         let (mut agg, mut procs, stats, _root) = setup(3);
         for i in 0..3 {
-            agg.add(&sample(10, &[0x1000 + i]), &mut procs);
+            agg.add(&sample(10, &[0x40_1000 + i]), &mut procs);
         }
         // Known stacks still count after the cap; new ones are folded, per process.
-        agg.add(&sample(10, &[0x1000]), &mut procs);
+        agg.add(&sample(10, &[0x40_1000]), &mut procs);
         for i in 0..5 {
-            agg.add(&sample(10, &[0x2000 + i]), &mut procs);
+            agg.add(&sample(10, &[0x40_2000 + i]), &mut procs);
         }
-        agg.add(&sample(11, &[0x3000]), &mut procs);
+        agg.add(&sample(11, &[0x40_3000]), &mut procs);
         assert_eq!(agg.distinct_stacks(), 3);
         assert_eq!(stats.get(AgentCounter::StackLimitSamples), 6);
         let interval = agg.take(&mut procs);
@@ -258,7 +262,7 @@ mod tests {
         assert_eq!(folded.len(), 2, "{folded:?}");
         assert!(folded.contains(&(10, 5)) && folded.contains(&(11, 1)));
         // The next interval starts empty, with room again.
-        agg.add(&sample(10, &[0x2000]), &mut procs);
+        agg.add(&sample(10, &[0x40_2000]), &mut procs);
         assert_eq!(agg.distinct_stacks(), 1);
         assert_eq!(
             stats
@@ -289,5 +293,10 @@ mod tests {
         assert!(lens.contains(&1) && lens.contains(&2), "{lens:?}");
         assert_eq!(canonical_prefix(&[u64::MAX]), &[] as &[u64]);
         assert_eq!(canonical_prefix(&[USER_ADDRESS_LIMIT - 1]).len(), 1);
+        assert_eq!(
+            canonical_prefix(&[0x5555_0000_1000, 0, 0x5555_0000_2000]).len(),
+            1
+        );
+        assert_eq!(canonical_prefix(&[USER_ADDRESS_FLOOR - 1]).len(), 0);
     }
 }
