@@ -120,7 +120,10 @@ fn run_agent_around(
         .args(["--profile-interval", "10", "--output-dir"])
         .arg(out_dir)
         // Per-binary unwind-table sizes are logged at debug level.
-        .env("RUST_LOG", "info,profiler_agent::enrich::unwind_tables=debug")
+        .env(
+            "RUST_LOG",
+            "info,profiler_agent::enrich::unwind_tables=debug",
+        )
         .stderr(Stdio::piped())
         .spawn()?;
     let log = Arc::new(Mutex::new(Vec::<String>::new()));
