@@ -173,3 +173,63 @@ fn short_lived_processes_that_exec_keep_their_chain() {
     // machine's two cores. Held at 85%; without lifecycle events it is about 5%.
     check(&samples, started, 0.85);
 }
+
+/// A program without frame pointers `dlopen`s a library without frame pointers and burns CPU
+/// in it: the walk ends at the unknown library, the kernel asks for the maps to be re-read,
+/// and the library's table follows within milliseconds, so the stacks reach `main`.
+#[test]
+fn dlopened_library_is_unwound_through_to_main() {
+    require_root();
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let nofp = ["-O2", "-fomit-frame-pointer", "-fno-optimize-sibling-calls"];
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let lib = dir.path().join("libburn.so");
+    let status = Command::new("gcc")
+        .args(nofp)
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(fixtures.join("libburn.c"))
+        .status()
+        .expect("gcc");
+    assert!(status.success());
+    let exe = dir.path().join("dlopen_main");
+    let status = Command::new("gcc")
+        .args(nofp)
+        .arg("-o")
+        .arg(&exe)
+        .arg(fixtures.join("dlopen_main.c"))
+        .arg("-ldl")
+        .status()
+        .expect("gcc");
+    assert!(status.success());
+
+    let out = dir.path().join("profiles");
+    let run = profile_pid(Gated::start(&exe, &["4"]), &out, Profiling::default());
+    let t = run.totals();
+    assert!(t["unwind_miss_events"] > 0, "{t:?}");
+    // One 60 s interval: the per-interval re-sync never runs, so only the miss request can
+    // bring the library's table in time.
+    let later = run.samples();
+    let chain = ["lib_leaf", "lib_outer", "run", "main"].map(String::from);
+    let total: i64 = later.iter().map(|s| s.count).sum();
+    let whole: i64 = later
+        .iter()
+        .filter(|s| {
+            let user: Vec<String> = s
+                .frames
+                .iter()
+                .filter(|(_, m)| m != "[kernel.kallsyms]")
+                .map(|(f, _)| f.clone())
+                .collect();
+            user.starts_with(&chain)
+        })
+        .map(|s| s.count)
+        .sum();
+    eprintln!("{whole}/{total} samples through the library to main; totals {t:?}");
+    assert!(total >= 100, "too few samples: {total}");
+    assert!(
+        whole as f64 >= 0.9 * total as f64,
+        "only {whole}/{total} samples unwind lib_leaf <- lib_outer <- run <- main"
+    );
+}
