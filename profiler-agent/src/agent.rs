@@ -97,6 +97,7 @@ impl Pipeline {
     }
 
     fn on_event(&mut self, event: Lifecycle) {
+        debug!(?event, "lifecycle");
         match event {
             Lifecycle::Exec { pid, time_ns } => {
                 self.processes.on_exec(pid, time_ns);

@@ -233,3 +233,120 @@ fn dlopened_library_is_unwound_through_to_main() {
         "only {whole}/{total} samples unwind lib_leaf <- lib_outer <- run <- main"
     );
 }
+
+/// Spawns `exe ms` as the given pid, by setting the kernel's last-allocated pid just below
+/// it (the init namespace's: the kernel program sees init-namespace pids, so that is where a
+/// reuse matters). Retries while something else on the host takes the pid first.
+fn spawn_as_pid(pid: u32, exe: &Path, ms: &str) -> Child {
+    for _ in 0..50 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .expect("writing ns_last_pid needs root");
+        let child = Command::new(exe).arg(ms).spawn().unwrap();
+        if child.id() == pid {
+            return child;
+        }
+        let mut child = child;
+        child.kill().ok();
+        child.wait().ok();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("could not get pid {pid} for {}", exe.display());
+}
+
+/// Two different programs run one after the other under the same pid: their samples never
+/// share mappings or symbols.
+#[test]
+fn a_reused_pid_is_a_new_process() {
+    require_root();
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["-O2", "-fomit-frame-pointer", "-fno-optimize-sibling-calls"];
+    let a = build(dir.path(), "reuse_a", &flags);
+    let b_flags = [
+        &flags[..],
+        &["-Dleaf=b_leaf", "-Dmiddle=b_middle", "-Douter=b_outer"],
+    ]
+    .concat();
+    let b = build(dir.path(), "reuse_b", &b_flags);
+    let out = dir.path().join("profiles");
+    let agent = Agent::start(&out, &["--frequency", "99", "--profile-interval", "60"]);
+    // A pid no process has now, away from where the host is handing them out.
+    let read = |f: &str| -> u32 { std::fs::read_to_string(f).unwrap().trim().parse().unwrap() };
+    let (last, max) = (
+        read("/proc/sys/kernel/ns_last_pid"),
+        read("/proc/sys/kernel/pid_max"),
+    );
+    let pid = (1..max / 2)
+        .map(|i| (last + max / 4 + i) % (max - 400) + 300)
+        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
+        .expect("a free pid");
+    for exe in [&a, &b, &a, &b] {
+        let mut child = spawn_as_pid(pid, exe, "300");
+        assert!(child.wait().unwrap().success());
+    }
+    let log = agent.stop();
+    let t = totals(&log);
+    assert!(t["process_exits"] >= 4, "{t:?}");
+    let samples: Vec<FlatSample> = read_profiles(&out)
+        .iter()
+        .flat_map(|(_, p)| flatten(p))
+        .filter(|s| s.pid == pid as i64)
+        .collect();
+    let comm = |s: &FlatSample| {
+        s.str_labels
+            .iter()
+            .find(|(k, _)| k == "comm")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let mut per_program = std::collections::BTreeMap::<String, (i64, i64)>::new();
+    for s in &samples {
+        let c = comm(s);
+        let (own, other, own_chain) = match c.as_str() {
+            "reuse_a" => ("reuse_a", "reuse_b", ["leaf", "middle", "outer", "main"]),
+            "reuse_b" => (
+                "reuse_b",
+                "reuse_a",
+                ["b_leaf", "b_middle", "b_outer", "main"],
+            ),
+            _ => continue,
+        };
+        for (function, mapping) in &s.frames {
+            assert!(
+                !mapping.ends_with(other),
+                "a {own} sample has a frame in the other program's binary: {function} in {mapping}: {:?}",
+                s.frames
+            );
+            let foreign = if own == "reuse_a" {
+                function.starts_with("b_")
+            } else {
+                ["leaf", "middle", "outer"].contains(&function.as_str())
+            };
+            assert!(
+                !foreign,
+                "a {own} sample has the other program's symbol {function}: {:?}",
+                s.frames
+            );
+        }
+        let user: Vec<&str> = s
+            .frames
+            .iter()
+            .filter(|(_, m)| m != "[kernel.kallsyms]")
+            .map(|(f, _)| f.as_str())
+            .collect();
+        let e = per_program.entry(c).or_default();
+        e.0 += s.count;
+        if user.starts_with(&own_chain) {
+            e.1 += s.count;
+        }
+    }
+    eprintln!("pid {pid}: (samples, whole chain) per program {per_program:?}");
+    for name in ["reuse_a", "reuse_b"] {
+        let (total, whole) = per_program.get(name).copied().unwrap_or_default();
+        assert!(total >= 20, "{name}: {total} samples");
+        assert!(
+            whole as f64 >= 0.8 * total as f64,
+            "{name}: {whole}/{total} whole chains"
+        );
+    }
+}

@@ -88,6 +88,8 @@ enum Opened {
 struct Image {
     /// Kernel time (`bpf_ktime_get_ns`) of the exec that started it; 0 if not seen.
     since_ns: u64,
+    /// The process's `comm` while it ran this image.
+    name: String,
     /// `/proc/PID/exe` as the process saw it, to name the profile's main binary.
     exe: Option<String>,
     maps: Vec<MapEntry>,
@@ -96,7 +98,6 @@ struct Image {
 }
 
 struct Process {
-    name: String,
     /// Field 22 of `/proc/PID/stat` (clock ticks after boot): with the pid, the identity of
     /// the process, so a reused pid is never taken for the process that had it before.
     start_time: Option<u64>,
@@ -140,6 +141,7 @@ impl Image {
     fn empty() -> Image {
         Image {
             since_ns: 0,
+            name: String::new(),
             exe: None,
             maps: Vec::new(),
             opened: Vec::new(),
@@ -150,7 +152,6 @@ impl Image {
 impl Process {
     fn empty() -> Process {
         Process {
-            name: String::new(),
             start_time: None,
             image: Image::empty(),
             previous: None,
@@ -191,7 +192,16 @@ impl Processes {
 
     /// The process's `comm` ("" if it could not be read).
     pub fn process_name(&mut self, pid: u32) -> &str {
-        &self.process(pid, u64::MAX).name
+        &self.process(pid, u64::MAX).image.name
+    }
+
+    /// The `comm` of the process a sample taken at `time_ns` came from.
+    pub fn name_at(&mut self, pid: u32, time_ns: u64) -> &str {
+        let p = self.process(pid, time_ns);
+        match &p.previous {
+            Some(prev) if time_ns < p.image.since_ns => &prev.name,
+            _ => &p.image.name,
+        }
     }
 
     /// The executable's path as the process saw it, if known.
@@ -226,34 +236,49 @@ impl Processes {
             .is_some_and(|p| p.exited_ns.is_none() && p.start_time == start_time);
         if same {
             let mut image = self.read_image(pid, time_ns);
-            let name = self.read_name(pid);
             if let Some(p) = self.procs.get_mut(&pid) {
                 std::mem::swap(&mut p.image, &mut image);
                 p.previous = Some(image);
-                p.name = name;
                 // The new image gets its own look when an address misses its maps.
                 p.last_miss_reread = None;
             }
         } else {
-            let mut fresh = self.read_process(pid);
-            fresh.image.since_ns = time_ns;
-            self.procs.insert(pid, fresh);
+            self.replace_process(pid, time_ns);
         }
         self.new_pids.push(pid);
         self.touch(pid);
         self.open_executables(pid);
     }
 
+    /// A new process under `pid` from `since_ns` on. The one that had the pid before keeps
+    /// serving its own samples (taken before `since_ns`, read after), until the interval ends.
+    fn replace_process(&mut self, pid: u32, since_ns: u64) {
+        let mut fresh = self.read_process(pid);
+        fresh.image.since_ns = since_ns;
+        if let Some(old) = self.procs.remove(&pid) {
+            if old.exited_ns.is_some() {
+                fresh.previous = Some(old.image);
+            }
+        }
+        self.procs.insert(pid, fresh);
+    }
+
     /// The kernel reported a pid it had not reported before (a fork, or a process older than
     /// the agent): read it now. A pid whose process exited is a new process.
     pub fn on_new_pid(&mut self, pid: u32) {
+        let now_start = read_start_time(&self.proc_root.join(pid.to_string()));
+        // A start time that cannot be read (the process is already gone) proves nothing.
         let known_alive = self.procs.get(&pid).is_some_and(|p| {
-            p.exited_ns.is_none()
-                && p.start_time == read_start_time(&self.proc_root.join(pid.to_string()))
+            p.exited_ns.is_none() && (now_start.is_none() || p.start_time == now_start)
         });
         if !known_alive {
-            let fresh = self.read_process(pid);
-            self.procs.insert(pid, fresh);
+            // Samples up to the old process's exit are its own.
+            let since = self
+                .procs
+                .get(&pid)
+                .and_then(|p| p.exited_ns)
+                .map_or(0, |t| t + 1);
+            self.replace_process(pid, since);
             self.new_pids.push(pid);
         }
         self.touch(pid);
@@ -315,8 +340,12 @@ impl Processes {
             .is_some_and(|exit| time_ns != u64::MAX && time_ns > exit);
         if reused || !self.procs.contains_key(&pid) {
             self.new_pids.push(pid);
-            let fresh = self.read_process(pid);
-            self.procs.insert(pid, fresh);
+            let since = self
+                .procs
+                .get(&pid)
+                .and_then(|p| p.exited_ns)
+                .map_or(0, |t| t + 1);
+            self.replace_process(pid, since);
         }
         let generation = self.generation;
         let p = self.procs.entry(pid).or_insert_with(Process::empty);
@@ -333,7 +362,6 @@ impl Processes {
     fn read_process(&mut self, pid: u32) -> Process {
         let dir = self.proc_root.join(pid.to_string());
         Process {
-            name: self.read_name(pid),
             start_time: read_start_time(&dir),
             image: self.read_image(pid, 0),
             previous: None,
@@ -351,6 +379,7 @@ impl Processes {
         let maps = self.read_maps(pid);
         Image {
             since_ns,
+            name: self.read_name(pid),
             exe,
             opened: vec![Opened::NotYet; maps.len()],
             maps,

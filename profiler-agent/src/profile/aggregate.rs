@@ -41,6 +41,8 @@ pub struct StackCount {
     pub tid: u32,
     /// The thread's `comm`.
     pub thread_name: Arc<str>,
+    /// The process's `comm` when the sample was taken ("" if unknown).
+    pub process_name: Arc<str>,
     /// Innermost first.
     pub user: Vec<UserFrame>,
     /// Innermost first, raw kernel addresses.
@@ -144,6 +146,7 @@ impl Aggregator {
                     pid: sample.pid,
                     tid: sample.tid,
                     thread_name: Arc::from(comm_str(&sample.comm)),
+                    process_name: Arc::from(""),
                     user: vec![UserFrame::Region {
                         name: Arc::from(STACK_LIMIT_FRAME),
                         offset: 0,
@@ -156,10 +159,12 @@ impl Aggregator {
             return;
         }
         let user = processes.normalize(sample.pid, sample.time_ns, &key.user);
+        let process_name = Arc::from(processes.name_at(sample.pid, sample.time_ns));
         let entry = StackCount {
             pid: sample.pid,
             tid: sample.tid,
             thread_name: Arc::from(comm_str(&sample.comm)),
+            process_name,
             user,
             kernel: key.kernel.to_vec(),
             labels: labels::decode(&sample.context, &self.filter),

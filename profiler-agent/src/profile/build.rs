@@ -190,15 +190,34 @@ fn main_binary(interval: &Interval) -> Option<BinaryKey> {
     let (pid, _) = per_pid
         .into_iter()
         .max_by_key(|&(pid, n)| (n, std::cmp::Reverse(pid)))?;
-    let exe = interval.process_exes.get(&pid)?;
-    let mut keys: Vec<_> = interval
-        .binaries
-        .iter()
-        .filter(|(_, info)| &info.path == exe)
-        .map(|(k, _)| *k)
-        .collect();
-    keys.sort_unstable();
-    keys.first().copied()
+    if let Some(exe) = interval.process_exes.get(&pid) {
+        let mut keys: Vec<_> = interval
+            .binaries
+            .iter()
+            .filter(|(_, info)| &info.path == exe)
+            .map(|(k, _)| *k)
+            .collect();
+        keys.sort_unstable();
+        if let Some(&key) = keys.first() {
+            return Some(key);
+        }
+    }
+    // The executable is not known (or not in any frame): the binary of that process's
+    // outermost frames, which is the executable for anything started the usual way.
+    let mut outermost: HashMap<BinaryKey, u64> = HashMap::new();
+    for s in interval.stacks.iter().filter(|s| s.pid == pid) {
+        let last = s.user.iter().rev().find_map(|f| match f {
+            UserFrame::Binary { binary, .. } => Some(*binary),
+            _ => None,
+        });
+        if let Some(key) = last {
+            *outermost.entry(key).or_default() += s.count;
+        }
+    }
+    outermost
+        .into_iter()
+        .max_by_key(|&(key, n)| (n, std::cmp::Reverse(key)))
+        .map(|(key, _)| key)
 }
 
 /// The pprof mapping of a binary: its executable segments, in ELF addresses.
@@ -338,11 +357,16 @@ pub fn build_profile(
             };
             locations.push(id);
         }
-        let process_name = interval
-            .process_names
-            .get(&s.pid)
-            .map(String::as_str)
-            .unwrap_or("");
+        // The name of the process the sample came from, not of whatever has the pid now.
+        let process_name: &str = if s.process_name.is_empty() {
+            interval
+                .process_names
+                .get(&s.pid)
+                .map(String::as_str)
+                .unwrap_or("")
+        } else {
+            &s.process_name
+        };
         let mut labels = vec![
             b.num_label("pid", i64::from(s.pid)),
             b.num_label("tid", i64::from(s.tid)),

@@ -75,7 +75,11 @@ impl Agent {
             .arg("--output-dir")
             .arg(output_dir)
             .args(args)
-            .env("RUST_LOG", "info")
+            // PROFILER_TEST_RUST_LOG=debug shows the agent's debug lines in a test's output.
+            .env(
+                "RUST_LOG",
+                std::env::var("PROFILER_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stderr(Stdio::piped())
             .spawn()
             .expect("start agent");
