@@ -255,7 +255,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
     let lifecycle = if events.is_some() { "on" } else { "off" };
     let mut pipeline = Pipeline {
-        processes: Processes::new(PROC, stats.clone()),
+        processes: Processes::new(PROC, stats.clone()).with_max_processes(config.max_processes),
         aggregator: Aggregator::new(
             LabelFilter {
                 allow: config.label_allow.clone(),

@@ -30,6 +30,11 @@ pub struct Args {
     #[arg(long, default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub output_max_bytes: u64,
 
+    /// Processes tracked at most; past it the least recently sampled are forgotten (and
+    /// counted), so a pid flood cannot grow the agent without bound.
+    #[arg(long, default_value_t = crate::process::DEFAULT_MAX_PROCESSES as u64, value_parser = clap::value_parser!(u64).range(8..=4_194_304))]
+    pub max_processes: u64,
+
     /// Distinct stacks kept per profile interval. Samples of further new stacks are kept
     /// as one `[stack limit reached]` stack per process, and counted.
     #[arg(long, default_value_t = 32_768, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
@@ -89,6 +94,8 @@ pub struct Config {
     pub retention: Retention,
     /// Distinct stacks per interval.
     pub max_stacks: usize,
+    /// Processes tracked at most.
+    pub max_processes: usize,
     /// Stop after this long.
     pub duration: Option<Duration>,
     /// Only these processes (empty: all).
@@ -120,6 +127,7 @@ impl From<Args> for Config {
                 max_bytes: a.output_max_bytes,
             },
             max_stacks: usize::try_from(a.max_stacks).unwrap_or(usize::MAX),
+            max_processes: usize::try_from(a.max_processes).unwrap_or(usize::MAX),
             duration: a.duration.map(Duration::from_secs),
             pids: a.pids,
             ring_buffer_bytes: a.ring_buffer_bytes,

@@ -62,6 +62,9 @@ agent_counters! {
     RingStallMsMax => ("ring_stall_ms_max", Gauge),
     /// Maps re-read because an address fell outside every known mapping.
     MapsRereads => ("maps_rereads", Count),
+    /// Processes forgotten because the process table was full (`--max-processes`); their
+    /// later samples are read afresh.
+    ProcessEvictions => ("process_evictions", Drop),
     /// Binaries that could not be opened: their frames stay addresses.
     BinaryOpenFailed => ("binary_open_failed", Drop),
     /// User addresses outside every mapping of their process.

@@ -224,3 +224,33 @@ fn a_recycled_inode_is_not_taken_for_the_old_binary() {
     assert_eq!(looked[0].as_ref().unwrap()[0].function, "recurse");
     assert_eq!(stats.get(AgentCounter::BinaryOpenFailed), 0);
 }
+
+/// A pid flood within one interval: the table stays at its cap and every eviction is
+/// counted; the newest process is kept.
+#[test]
+fn the_process_table_is_capped_and_evictions_are_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("proc");
+    for pid in 1000..1100 {
+        fake_process(&root, pid, "flood", "");
+    }
+    let stats = Arc::new(AgentStats::default());
+    let mut procs = Processes::new(&root, stats.clone()).with_max_processes(32);
+    for pid in 1000..1100 {
+        procs.normalize(pid, 0, &[0x40_1000]);
+        assert!(
+            procs.tracked_processes() <= 32,
+            "{}",
+            procs.tracked_processes()
+        );
+    }
+    assert!(stats.get(AgentCounter::ProcessEvictions) >= 100 - 32);
+    // The most recent ones are kept.
+    let before = stats.get(AgentCounter::MapsUnreadable);
+    procs.normalize(1099, 0, &[0x40_1000]);
+    assert_eq!(
+        stats.get(AgentCounter::MapsUnreadable),
+        before,
+        "1099 was read again"
+    );
+}

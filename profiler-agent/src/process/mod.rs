@@ -120,8 +120,12 @@ pub struct Processes {
     next_key: BinaryKey,
     generation: u64,
     new_pids: Vec<u32>,
+    max_processes: usize,
     stats: Arc<AgentStats>,
 }
+
+/// Processes tracked at most by default: a few hundred bytes plus the maps of each.
+pub const DEFAULT_MAX_PROCESSES: usize = 16384;
 
 /// The processes to prepare for at start: `filter` when profiling only those, else every
 /// pid under `proc_root`. Read once and shared by every stage that prepares processes.
@@ -181,8 +185,35 @@ impl Processes {
             next_key: 1,
             generation: 0,
             new_pids: Vec::new(),
+            max_processes: DEFAULT_MAX_PROCESSES,
             stats,
         }
+    }
+
+    /// Tracks at most `max` processes (at least 8); past it the least recently sampled are
+    /// forgotten, exited ones first, and counted (`process_evictions`).
+    pub fn with_max_processes(mut self, max: usize) -> Self {
+        self.max_processes = max.max(8);
+        self
+    }
+
+    /// Makes room for one more process: drops an eighth of the table, exited and least
+    /// recently sampled first, so a pid flood costs one sort per many new processes.
+    fn make_room(&mut self) {
+        if self.procs.len() < self.max_processes {
+            return;
+        }
+        let mut order: Vec<(bool, u64, u32)> = self
+            .procs
+            .iter()
+            .map(|(&pid, p)| (p.exited_ns.is_none(), p.last_seen, pid))
+            .collect();
+        order.sort_unstable();
+        let drop = (self.max_processes / 8).max(1);
+        for &(_, _, pid) in order.iter().take(drop) {
+            self.procs.remove(&pid);
+        }
+        self.stats.add(AgentCounter::ProcessEvictions, drop as u64);
     }
 
     /// An opened binary.
@@ -260,6 +291,7 @@ impl Processes {
                 fresh.previous = Some(old.image);
             }
         }
+        self.make_room();
         self.procs.insert(pid, fresh);
     }
 
