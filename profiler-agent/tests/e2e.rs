@@ -19,14 +19,6 @@ fn profile_fixture(exe: &Path, args: &[&str], out: &Path, hz: i64, extra: &[&str
     profile_pid(Gated::start(exe, args), out, Profiling { hz, extra })
 }
 
-fn user_frames(s: &FlatSample) -> Vec<&str> {
-    s.frames
-        .iter()
-        .filter(|(_, m)| m != "[kernel.kallsyms]")
-        .map(|(f, _)| f.as_str())
-        .collect()
-}
-
 #[test]
 fn known_chain_is_profiled_with_the_right_weight_and_opens_in_go_pprof() {
     require_root();
@@ -45,7 +37,10 @@ fn known_chain_is_profiled_with_the_right_weight_and_opens_in_go_pprof() {
     let total: i64 = samples.iter().map(|s| s.count).sum();
     let with_chain: i64 = samples
         .iter()
-        .filter(|s| user_frames(s).starts_with(&["leaf", "middle", "outer", "main"]))
+        .filter(|s| {
+            s.user_frames()
+                .starts_with(&["leaf", "middle", "outer", "main"])
+        })
         .map(|s| s.count)
         .sum();
     assert!(total > 0, "no samples for the fixture");
@@ -375,7 +370,10 @@ fn separate_debug_file_is_found_for_a_running_process() {
     let total: i64 = samples.iter().map(|s| s.count).sum();
     let with_chain: i64 = samples
         .iter()
-        .filter(|s| user_frames(s).starts_with(&["leaf", "middle", "outer", "main"]))
+        .filter(|s| {
+            s.user_frames()
+                .starts_with(&["leaf", "middle", "outer", "main"])
+        })
         .map(|s| s.count)
         .sum();
     assert!(

@@ -60,20 +60,13 @@ fn profile_churn(dir: &Path, comm: &str, spawn: impl Fn() -> Child) -> (Vec<Flat
 /// others are: the loader's own start-up, frames no mapping was known for, single frames
 /// (a table not loaded yet), or something else.
 fn check(samples: &[FlatSample], started: usize, share: f64) {
-    let user = |s: &FlatSample| -> Vec<String> {
-        s.frames
-            .iter()
-            .filter(|(_, m)| m != "[kernel.kallsyms]")
-            .map(|(f, _)| f.clone())
-            .collect()
-    };
-    let chain = CHAIN.map(String::from);
+    let chain = CHAIN;
     let total: i64 = samples.iter().map(|s| s.count).sum();
     let mut whole = 0;
     let mut rest = std::collections::BTreeMap::<&str, i64>::new();
     let mut examples = Vec::new();
     for s in samples {
-        let u = user(s);
+        let u = s.user_frames();
         let kind = if u.starts_with(&chain) {
             whole += s.count;
             continue;
@@ -88,7 +81,7 @@ fn check(samples: &[FlatSample], started: usize, share: f64) {
             "one frame"
         } else {
             if examples.len() < 6 {
-                examples.push(u);
+                examples.push(u.join(" <- "));
             }
             "other"
         };
@@ -108,70 +101,46 @@ fn check(samples: &[FlatSample], started: usize, share: f64) {
     );
 }
 
-fn build(dir: &Path, name: &str, flags: &[&str]) -> std::path::PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/short_chain.c");
-    let out = dir.join(name);
-    let status = Command::new("gcc")
-        .args(flags)
-        .arg("-o")
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("gcc");
-    assert!(status.success());
-    out
+const NOFP: [&str; 3] = ["-O2", "-fomit-frame-pointer", "-fno-optimize-sibling-calls"];
+
+/// Builds the short-lived fixture as `name`, churns it (through `sh -c 'exec …'` when
+/// `through_shell`) while the host is profiled, and checks its chains.
+fn short_lived(name: &str, flags: &[&str], through_shell: bool, share: f64) {
+    require_root();
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_c_as(dir.path(), "short_chain", name, flags);
+    let script = format!("exec {} 30", exe.display());
+    let (samples, started) = profile_churn(dir.path(), name, || {
+        if through_shell {
+            Command::new("/bin/sh")
+                .args(["-c", &script])
+                .spawn()
+                .unwrap()
+        } else {
+            Command::new(&exe).arg("30").spawn().unwrap()
+        }
+    });
+    check(&samples, started, share);
 }
 
 #[test]
 fn short_lived_processes_with_frame_pointers_keep_their_chain() {
-    require_root();
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let exe = build(dir.path(), "shortfp", &["-O1", "-fno-omit-frame-pointer"]);
-    let (samples, started) = profile_churn(dir.path(), "shortfp", || {
-        Command::new(&exe).arg("30").spawn().unwrap()
-    });
-    check(&samples, started, 0.9);
+    short_lived("shortfp", &["-O1", "-fno-omit-frame-pointer"], false, 0.9);
 }
 
 #[test]
 fn short_lived_processes_without_frame_pointers_keep_their_chain() {
-    require_root();
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let exe = build(
-        dir.path(),
-        "shortnofp",
-        &["-O2", "-fomit-frame-pointer", "-fno-optimize-sibling-calls"],
-    );
-    let (samples, started) = profile_churn(dir.path(), "shortnofp", || {
-        Command::new(&exe).arg("30").spawn().unwrap()
-    });
-    check(&samples, started, 0.9);
+    short_lived("shortnofp", &NOFP, false, 0.9);
 }
 
 /// `sh -c 'exec ./fixture'`: the pid first runs the shell, then the fixture's image.
 #[test]
 fn short_lived_processes_that_exec_keep_their_chain() {
-    require_root();
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let exe = build(
-        dir.path(),
-        "shortexec",
-        &["-O2", "-fomit-frame-pointer", "-fno-optimize-sibling-calls"],
-    );
-    let script = format!("exec {} 30", exe.display());
-    let (samples, started) = profile_churn(dir.path(), "shortexec", || {
-        Command::new("/bin/sh")
-            .args(["-c", &script])
-            .spawn()
-            .unwrap()
-    });
-    // 89.5-91.6% measured here, under the 90% aimed at: the shell's own exec doubles the
+    // 89.3-91.6% measured here, under the 90% aimed at: the shell's own exec doubles the
     // preparation work per process, which competes with the two CPU-bound fixtures for this
     // machine's two cores. Held at 85%; without lifecycle events it is about 5%.
-    check(&samples, started, 0.85);
+    short_lived("shortexec", &NOFP, true, 0.85);
 }
 
 /// A program without frame pointers `dlopen`s a library without frame pointers and burns CPU
@@ -182,27 +151,9 @@ fn dlopened_library_is_unwound_through_to_main() {
     require_root();
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let nofp = ["-O2", "-fomit-frame-pointer", "-fno-optimize-sibling-calls"];
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let lib = dir.path().join("libburn.so");
-    let status = Command::new("gcc")
-        .args(nofp)
-        .args(["-shared", "-fPIC", "-o"])
-        .arg(&lib)
-        .arg(fixtures.join("libburn.c"))
-        .status()
-        .expect("gcc");
-    assert!(status.success());
-    let exe = dir.path().join("dlopen_main");
-    let status = Command::new("gcc")
-        .args(nofp)
-        .arg("-o")
-        .arg(&exe)
-        .arg(fixtures.join("dlopen_main.c"))
-        .arg("-ldl")
-        .status()
-        .expect("gcc");
-    assert!(status.success());
+    let lib_flags = [&NOFP[..], &["-shared", "-fPIC"]].concat();
+    build_c_as(dir.path(), "libburn", "libburn.so", &lib_flags);
+    let exe = build_c_as(dir.path(), "dlopen_main", "dlopen_main", &NOFP);
 
     let out = dir.path().join("profiles");
     let run = profile_pid(Gated::start(&exe, &["4"]), &out, Profiling::default());
@@ -211,19 +162,11 @@ fn dlopened_library_is_unwound_through_to_main() {
     // One 60 s interval: the per-interval re-sync never runs, so only the miss request can
     // bring the library's table in time.
     let later = run.samples();
-    let chain = ["lib_leaf", "lib_outer", "run", "main"].map(String::from);
+    let chain = ["lib_leaf", "lib_outer", "run", "main"];
     let total: i64 = later.iter().map(|s| s.count).sum();
     let whole: i64 = later
         .iter()
-        .filter(|s| {
-            let user: Vec<String> = s
-                .frames
-                .iter()
-                .filter(|(_, m)| m != "[kernel.kallsyms]")
-                .map(|(f, _)| f.clone())
-                .collect();
-            user.starts_with(&chain)
-        })
+        .filter(|s| s.user_frames().starts_with(&chain))
         .map(|s| s.count)
         .sum();
     eprintln!("{whole}/{total} samples through the library to main; totals {t:?}");
@@ -260,14 +203,14 @@ fn a_reused_pid_is_a_new_process() {
     require_root();
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let flags = ["-O2", "-fomit-frame-pointer", "-fno-optimize-sibling-calls"];
-    let a = build(dir.path(), "reuse_a", &flags);
+    let flags = NOFP;
+    let a = build_c_as(dir.path(), "short_chain", "reuse_a", &flags);
     let b_flags = [
         &flags[..],
         &["-Dleaf=b_leaf", "-Dmiddle=b_middle", "-Douter=b_outer"],
     ]
     .concat();
-    let b = build(dir.path(), "reuse_b", &b_flags);
+    let b = build_c_as(dir.path(), "short_chain", "reuse_b", &b_flags);
     let out = dir.path().join("profiles");
     let agent = Agent::start(&out, &["--frequency", "99", "--profile-interval", "60"]);
     // A pid no process has now, away from where the host is handing them out.
@@ -328,12 +271,7 @@ fn a_reused_pid_is_a_new_process() {
                 s.frames
             );
         }
-        let user: Vec<&str> = s
-            .frames
-            .iter()
-            .filter(|(_, m)| m != "[kernel.kallsyms]")
-            .map(|(f, _)| f.as_str())
-            .collect();
+        let user = s.user_frames();
         let e = per_program.entry(c).or_default();
         e.0 += s.count;
         if user.starts_with(&own_chain) {

@@ -258,12 +258,7 @@ fn deep_stacks_fill_all_127_frames() {
     let full: i64 = samples
         .iter()
         .filter(|s| {
-            let user: Vec<&str> = s
-                .frames
-                .iter()
-                .filter(|(_, m)| m != "[kernel.kallsyms]")
-                .map(|(f, _)| f.as_str())
-                .collect();
+            let user = s.user_frames();
             user.len() == profiler_common::MAX_STACK_DEPTH
                 && user[1..].iter().all(|f| *f == "recurse")
         })

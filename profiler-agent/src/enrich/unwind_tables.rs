@@ -143,11 +143,6 @@ impl UnwindTables {
         );
     }
 
-    /// What is loaded right now.
-    pub fn levels(&self) -> UnwindTableLevels {
-        self.levels
-    }
-
     /// Adds the mapping entries of `pid`, compiling and loading the tables it still lacks.
     pub fn on_new_process(&mut self, pid: u32) {
         if !self.procs.contains_key(&pid) {
@@ -445,12 +440,6 @@ impl UnwindTables {
             self.failed.clear();
         }
         self.failed.insert(file);
-    }
-
-    /// Bytes of rows loaded right now.
-    pub fn table_bytes(&self) -> u64 {
-        u64::from(self.row_budget - self.store.free_rows())
-            * std::mem::size_of::<UnwindRow>() as u64
     }
 }
 

@@ -250,11 +250,6 @@ impl Processes {
         self.procs.len()
     }
 
-    /// `/proc`, or the fake tree of a test.
-    pub fn proc_root(&self) -> &Path {
-        &self.proc_root
-    }
-
     /// The kernel reported an exec at `time_ns`: the new image's mappings are read and its
     /// binaries opened now, while the process certainly lives; samples taken before the exec
     /// keep the old image.
@@ -274,18 +269,24 @@ impl Processes {
                 p.last_miss_reread = None;
             }
         } else {
-            self.replace_process(pid, time_ns);
+            self.replace_process(pid, Some(time_ns));
         }
         self.new_pids.push(pid);
         self.touch(pid);
         self.open_executables(pid);
     }
 
-    /// A new process under `pid` from `since_ns` on. The one that had the pid before keeps
-    /// serving its own samples (taken before `since_ns`, read after), until the interval ends.
-    fn replace_process(&mut self, pid: u32, since_ns: u64) {
+    /// A new process under `pid` from `since_ns` on (without one: from just after the old
+    /// process's exit). The one that had the pid before keeps serving its own samples (taken
+    /// before, read after) until the interval ends.
+    fn replace_process(&mut self, pid: u32, since_ns: Option<u64>) {
+        let after_exit = self
+            .procs
+            .get(&pid)
+            .and_then(|p| p.exited_ns)
+            .map(|t| t + 1);
         let mut fresh = self.read_process(pid);
-        fresh.image.since_ns = since_ns;
+        fresh.image.since_ns = since_ns.or(after_exit).unwrap_or(0);
         if let Some(old) = self.procs.remove(&pid) {
             if old.exited_ns.is_some() {
                 fresh.previous = Some(old.image);
@@ -304,13 +305,7 @@ impl Processes {
             p.exited_ns.is_none() && (now_start.is_none() || p.start_time == now_start)
         });
         if !known_alive {
-            // Samples up to the old process's exit are its own.
-            let since = self
-                .procs
-                .get(&pid)
-                .and_then(|p| p.exited_ns)
-                .map_or(0, |t| t + 1);
-            self.replace_process(pid, since);
+            self.replace_process(pid, None);
             self.new_pids.push(pid);
         }
         self.touch(pid);
@@ -372,12 +367,7 @@ impl Processes {
             .is_some_and(|exit| time_ns != u64::MAX && time_ns > exit);
         if reused || !self.procs.contains_key(&pid) {
             self.new_pids.push(pid);
-            let since = self
-                .procs
-                .get(&pid)
-                .and_then(|p| p.exited_ns)
-                .map_or(0, |t| t + 1);
-            self.replace_process(pid, since);
+            self.replace_process(pid, None);
         }
         let generation = self.generation;
         let p = self.procs.entry(pid).or_insert_with(Process::empty);

@@ -61,8 +61,6 @@ pub struct Interval {
     pub end: SystemTime,
     /// Its distinct stacks.
     pub stacks: Vec<StackCount>,
-    /// Process names by pid.
-    pub process_names: HashMap<u32, String>,
     /// Executable paths by pid (as the process saw them), where known.
     pub process_exes: HashMap<u32, String>,
     /// Every binary the stacks refer to.
@@ -146,7 +144,7 @@ impl Aggregator {
                     pid: sample.pid,
                     tid: sample.tid,
                     thread_name: Arc::from(comm_str(&sample.comm)),
-                    process_name: Arc::from(""),
+                    process_name: Arc::from(processes.name_at(sample.pid, sample.time_ns)),
                     user: vec![UserFrame::Region {
                         name: Arc::from(STACK_LIMIT_FRAME),
                         offset: 0,
@@ -182,14 +180,12 @@ impl Aggregator {
             .map(|(_, v)| v)
             .chain(self.over_limit.drain().map(|(_, v)| v))
             .collect();
-        let mut process_names = HashMap::new();
         let mut process_exes = HashMap::new();
         let mut binaries = HashMap::new();
         for s in &stacks {
-            if let std::collections::hash_map::Entry::Vacant(v) = process_names.entry(s.pid) {
-                v.insert(processes.process_name(s.pid).to_string());
+            if let std::collections::hash_map::Entry::Vacant(v) = process_exes.entry(s.pid) {
                 if let Some(exe) = processes.exe_path(s.pid) {
-                    process_exes.insert(s.pid, exe.to_string());
+                    v.insert(exe.to_string());
                 }
             }
             for f in &s.user {
@@ -204,7 +200,6 @@ impl Aggregator {
             start: self.start,
             end,
             stacks,
-            process_names,
             process_exes,
             binaries,
             samples: self.samples,

@@ -358,15 +358,7 @@ pub fn build_profile(
             locations.push(id);
         }
         // The name of the process the sample came from, not of whatever has the pid now.
-        let process_name: &str = if s.process_name.is_empty() {
-            interval
-                .process_names
-                .get(&s.pid)
-                .map(String::as_str)
-                .unwrap_or("")
-        } else {
-            &s.process_name
-        };
+        let process_name: &str = &s.process_name;
         let mut labels = vec![
             b.num_label("pid", i64::from(s.pid)),
             b.num_label("tid", i64::from(s.tid)),

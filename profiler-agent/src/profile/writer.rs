@@ -190,7 +190,12 @@ impl WriterThread {
                     samples = interval.samples,
                     samples_per_sec = format!("{:.1}", interval.samples as f64 / secs),
                     drops = %counters.nonzero_drops(),
-                    processes = interval.process_names.len(),
+                    processes = interval
+                        .stacks
+                        .iter()
+                        .map(|s| s.pid)
+                        .collect::<std::collections::HashSet<_>>()
+                        .len(),
                     frames = symbol_stats.frames,
                     unsymbolized_frames = symbol_stats.unsymbolized,
                     top = %summary::format_top(&summary::top_functions(&profile, 5)),

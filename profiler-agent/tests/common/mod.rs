@@ -14,10 +14,15 @@ use profiler_agent::profile::pprof::{decode_gzip, proto::Profile};
 
 /// Compiles a C fixture from tests/fixtures with gcc into `dir`.
 pub fn build_c(dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
+    build_c_as(dir, name, name, flags)
+}
+
+/// [`build_c`] of `tests/fixtures/{source}.c` into `dir/{out_name}` (its `comm`).
+pub fn build_c_as(dir: &Path, source: &str, out_name: &str, flags: &[&str]) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
-        .join(format!("{name}.c"));
-    let out = dir.join(name);
+        .join(format!("{source}.c"));
+    let out = dir.join(out_name);
     let status = Command::new("gcc")
         .args(flags)
         .arg("-o")
@@ -258,6 +263,17 @@ pub struct FlatSample {
     /// (function name, mapping file name) innermost first, inline frames expanded.
     pub frames: Vec<(String, String)>,
     pub str_labels: Vec<(String, String)>,
+}
+
+impl FlatSample {
+    /// The user-space function names, innermost first.
+    pub fn user_frames(&self) -> Vec<&str> {
+        self.frames
+            .iter()
+            .filter(|(_, m)| m != "[kernel.kallsyms]")
+            .map(|(f, _)| f.as_str())
+            .collect()
+    }
 }
 
 pub fn flatten(p: &Profile) -> Vec<FlatSample> {
