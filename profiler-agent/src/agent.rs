@@ -48,8 +48,6 @@ struct Pipeline {
     stats: Arc<AgentStats>,
     /// Counters at the end of the last interval.
     last: Snapshot,
-    /// When a drain last found the ring empty or emptied it.
-    last_drain: std::time::Instant,
     /// Maps to read again shortly after an exec: the loader maps libraries after it.
     rereads: VecDeque<(Instant, u32)>,
 }
@@ -73,12 +71,15 @@ impl Pipeline {
             stats,
             ..
         } = self;
-        let now = std::time::Instant::now();
-        if ring::drain(ring, stats, |sample| aggregator.add(sample, processes)) > 0 {
-            let waited = now.duration_since(self.last_drain).as_millis() as u64;
-            self.stats.raise(AgentCounter::RingStallMsMax, waited);
+        let now_ns = monotonic_ns();
+        let mut oldest_ns = u64::MAX;
+        ring::drain(ring, stats, |sample| {
+            oldest_ns = oldest_ns.min(sample.time_ns);
+            aggregator.add(sample, processes)
+        });
+        if let Some(age_ns) = now_ns.checked_sub(oldest_ns) {
+            stats.raise(AgentCounter::SampleWaitMsMax, age_ns / 1_000_000);
         }
-        self.last_drain = std::time::Instant::now();
         for pid in self.processes.take_new_pids() {
             self.enrich.send(Request::Prepare(pid));
         }
@@ -193,6 +194,12 @@ async fn readable(
     }
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of the samples' `bpf_ktime_get_ns()`.
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64).saturating_mul(1_000_000_000) + t.tv_nsec as u64
+}
+
 /// Sleeps until `at`, or forever without one.
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
@@ -267,7 +274,6 @@ pub async fn run(config: Config) -> Result<()> {
         writer,
         stats: stats.clone(),
         last: Snapshot::default(),
-        last_drain: std::time::Instant::now(),
         rereads: VecDeque::new(),
     };
     info!(output_dir = %config.output_dir.display(), interval_secs = config.profile_interval.as_secs(), lifecycle, "profiling started");
@@ -293,27 +299,44 @@ pub async fn run(config: Config) -> Result<()> {
 
     loop {
         let reread_at = pipeline.next_reread();
-        tokio::select! {
+        let turn = tokio::select! {
             guard = ring.readable_mut() => {
+                let began = std::time::Instant::now();
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 pipeline.drain(events.as_mut().map(|e| e.get_mut()), guard.get_inner_mut());
                 guard.clear_ready();
+                began
             }
             guard = readable(events.as_mut()) => {
+                let began = std::time::Instant::now();
                 let mut guard = guard.context("waiting on the event ring")?;
                 pipeline.drain(Some(guard.get_inner_mut()), ring.get_mut());
                 guard.clear_ready();
+                began
             }
-            _ = sleep_until_opt(reread_at) => pipeline.due_rereads(),
-            _ = drain_tick.tick() => pipeline.drain(events.as_mut().map(|e| e.get_mut()), ring.get_mut()),
+            _ = sleep_until_opt(reread_at) => {
+                let began = std::time::Instant::now();
+                pipeline.due_rereads();
+                began
+            }
+            _ = drain_tick.tick() => {
+                let began = std::time::Instant::now();
+                pipeline.drain(events.as_mut().map(|e| e.get_mut()), ring.get_mut());
+                began
+            }
             _ = profile_tick.tick() => {
+                let began = std::time::Instant::now();
                 pipeline.drain(events.as_mut().map(|e| e.get_mut()), ring.get_mut());
                 pipeline.end_interval(program.counters());
+                began
             }
             _ = sigint.recv() => { info!("SIGINT: writing the last profile"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: writing the last profile"); break; }
             _ = &mut deadline => { info!("duration reached: writing the last profile"); break; }
-        }
+        };
+        // Each handler above returns when it began; the turn ends here.
+        let busy_ms = turn.elapsed().as_millis() as u64;
+        stats.raise(AgentCounter::RingStallMsMax, busy_ms);
     }
 
     // Read before detaching: the kernel forgets the program's statistics once it is unloaded.

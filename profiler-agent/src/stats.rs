@@ -57,9 +57,13 @@ agent_counters! {
     MalformedEvents => ("malformed_events", Drop),
     /// Requests to the enrichment thread dropped because its queue was full.
     EnrichQueueFull => ("enrich_queue_full", Drop),
-    /// Longest time, in milliseconds, between two drains of the ring that found samples
-    /// waiting: how long the ring thread was kept from the ring.
+    /// Longest turn of the ring thread's loop, in milliseconds (a drain, an interval handed
+    /// off, lifecycle events): the longest time the thread could not come back to the ring.
     RingStallMsMax => ("ring_stall_ms_max", Gauge),
+    /// Oldest sample's age when it was read from the ring, in milliseconds. By design up to
+    /// the drain interval (`--drain-interval-ms`) or less when the ring's wakeup threshold
+    /// fills first; more means the ring thread was late.
+    SampleWaitMsMax => ("sample_wait_ms_max", Gauge),
     /// Maps re-read because an address fell outside every known mapping.
     MapsRereads => ("maps_rereads", Count),
     /// Processes forgotten because the process table was full (`--max-processes`); their
@@ -67,10 +71,26 @@ agent_counters! {
     ProcessEvictions => ("process_evictions", Drop),
     /// Binaries that could not be opened: their frames stay addresses.
     BinaryOpenFailed => ("binary_open_failed", Drop),
+    /// Reads of `/proc/PID/maps` thrown away because the mappings changed during the read
+    /// (they are read again).
+    MapsTornReads => ("maps_torn_reads", Count),
+    /// `/proc/PID/map_files` opens refused (no `CAP_CHECKPOINT_RESTORE`): the file is looked
+    /// up in the process's root instead, where deleted files cannot be found.
+    MapFilesRefused => ("map_files_refused", Count),
+    /// Mapped files not opened because the process or the mapping went away first.
+    MappedFileGone => ("mapped_file_gone", Drop),
+    /// Mapped files not opened because both ways in were refused.
+    MappedFileRefused => ("mapped_file_refused", Drop),
+    /// Files at a mapped path that are not the mapped file (device or inode differ): replaced
+    /// after exec, remapped since the maps were read, or a link planted in the process's root.
+    MappedFileReplaced => ("mapped_file_replaced", Drop),
     /// User addresses outside every mapping of their process.
     UnmappedAddresses => ("unmapped_addresses", Drop),
     /// Unwind tables compiled and loaded.
     UnwindTablesBuilt => ("unwind_tables_built", Count),
+    /// Mappings given a table already loaded for the same file (another process, an
+    /// earlier run of the same binary): no read, no compilation.
+    UnwindTableCacheHits => ("unwind_table_cache_hits", Count),
     /// Binaries without a usable unwind table (unreadable, no `.eh_frame`, malformed).
     UnwindCompileFailed => ("unwind_compile_failed", Drop),
     /// Tables skipped because the row budget or the table ids ran out.

@@ -16,7 +16,15 @@ fn clk_tck() -> f64 {
 /// Runs a gated fixture under the agent filtered to its pid.
 fn profile_fixture(exe: &Path, args: &[&str], out: &Path, hz: i64, extra: &[&str]) -> Run {
     let hz = u32::try_from(hz).unwrap();
-    profile_pid(Gated::start(exe, args), out, Profiling { hz, extra })
+    profile_pid(
+        Gated::start(exe, args),
+        out,
+        Profiling {
+            hz,
+            extra,
+            ..Profiling::default()
+        },
+    )
 }
 
 #[test]
@@ -231,6 +239,7 @@ fn overflow_is_counted_never_hidden() {
         Profiling {
             hz: 999,
             extra: &["--ring-buffer-bytes", "4096"],
+            ..Profiling::default()
         },
         |agent, _| {
             std::thread::sleep(std::time::Duration::from_millis(300));

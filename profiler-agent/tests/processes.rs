@@ -10,6 +10,14 @@ use profiler_agent::{
 };
 use symbolizer::{Binary, Symbolizer, SymbolizerConfig};
 
+/// `MAJOR:MINOR INODE` of `path` as `/proc/PID/maps` prints them: the agent opens a mapped
+/// file only if it is the one the maps name.
+fn dev_ino(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = fs::metadata(path).unwrap();
+    format!("{:02x}:{:02x} {}", libc::major(m.dev()), libc::minor(m.dev()), m.ino())
+}
+
 fn nm_symbol(exe: &Path, name: &str) -> u64 {
     let out = Command::new("nm").arg(exe).output().expect("nm (binutils)");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -55,14 +63,15 @@ fn pie_addresses_normalize_to_elf_addresses() {
     // The loader maps the executable segment at base + p_vaddr, page-aligned, at file offset p_offset & !0xfff.
     let seg_start = (base + text.p_vaddr) & !0xfff;
     let seg_end = (base + text.p_vaddr + text.p_memsz + 0xfff) & !0xfff;
-    let maps = format!(
-        "{seg_start:x}-{seg_end:x} r-xp {:08x} 08:01 777 /usr/bin/chain\n7ffc00000000-7ffc00002000 r-xp 00000000 00:00 0 [vdso]\n",
-        text.p_offset & !0xfff
-    );
-    fake_process(&root, pid, "chain", &maps);
     let in_root = root.join(pid.to_string()).join("root/usr/bin");
     fs::create_dir_all(&in_root).unwrap();
     fs::copy(&exe, in_root.join("chain")).unwrap();
+    let maps = format!(
+        "{seg_start:x}-{seg_end:x} r-xp {:08x} {} /usr/bin/chain\n7ffc00000000-7ffc00002000 r-xp 00000000 00:00 0 [vdso]\n",
+        text.p_offset & !0xfff,
+        dev_ino(&in_root.join("chain"))
+    );
+    fake_process(&root, pid, "chain", &maps);
 
     let stats = Arc::new(AgentStats::default());
     let mut procs = Processes::new(&root, stats.clone());
@@ -112,21 +121,34 @@ fn vanished_process_and_bogus_binary_are_counted() {
     assert_eq!(stats.get(AgentCounter::MapsUnreadable), 1);
 
     // A mapping whose file is not an ELF: a region frame with the file offset, and a counter.
+    let dir = root.join("77/root/opt");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("junk"), b"\x7fELF but not really, truncated").unwrap();
+    fs::write(dir.join("other"), b"not the mapped file").unwrap();
     fake_process(
         &root,
         77,
         "junk",
-        "400000-401000 r-xp 00001000 08:01 55 /opt/junk\n",
+        &format!(
+            "400000-401000 r-xp 00001000 {} /opt/junk\n500000-501000 r-xp 0 00:00 55 /opt/other\n",
+            dev_ino(&dir.join("junk"))
+        ),
     );
-    let dir = root.join("77/root/opt");
-    fs::create_dir_all(&dir).unwrap();
-    fs::write(dir.join("junk"), b"\x7fELF but not really, truncated").unwrap();
     let frames = procs.normalize(77, 0, &[0x400010]);
     assert!(
         matches!(&frames[0], UserFrame::Region { name, offset: 0x1010 } if &**name == "/opt/junk"),
         "{frames:?}"
     );
     assert_eq!(stats.get(AgentCounter::BinaryOpenFailed), 1);
+
+    // A file at the mapped path that is not the mapped one (replaced after exec): not opened.
+    let frames = procs.normalize(77, 0, &[0x500010]);
+    assert!(
+        matches!(&frames[0], UserFrame::Region { name, .. } if &**name == "/opt/other"),
+        "{frames:?}"
+    );
+    assert_eq!(stats.get(AgentCounter::MappedFileReplaced), 1);
+    assert_eq!(stats.get(AgentCounter::BinaryOpenFailed), 2);
 
     // Garbage in maps is an unreadable process, not a panic.
     fake_process(&root, 78, "bad", "this is not a maps file\n");
@@ -143,7 +165,7 @@ fn vanished_process_and_bogus_binary_are_counted() {
 
 /// A maps line that places `exe`'s executable segment at `base`, as the loader would, with
 /// the given device and inode.
-fn exec_mapping(exe: &Path, base: u64, inode: u64, path: &str) -> String {
+fn exec_mapping(exe: &Path, base: u64, dev_ino: &str, path: &str) -> String {
     let text = Binary::open(exe)
         .unwrap()
         .load_segments()
@@ -154,7 +176,7 @@ fn exec_mapping(exe: &Path, base: u64, inode: u64, path: &str) -> String {
     let start = (base + text.p_vaddr) & !0xfff;
     let end = (base + text.p_vaddr + text.p_memsz + 0xfff) & !0xfff;
     format!(
-        "{start:x}-{end:x} r-xp {:08x} 08:01 {inode} {path}\n",
+        "{start:x}-{end:x} r-xp {:08x} {dev_ino} {path}\n",
         text.p_offset & !0xfff
     )
 }
@@ -192,7 +214,7 @@ fn a_recycled_inode_is_not_taken_for_the_old_binary() {
             &root,
             pid,
             "app",
-            &exec_mapping(exe, base, 777, "/usr/bin/app"),
+            &exec_mapping(exe, base, &dev_ino(&shared), "/usr/bin/app"),
         );
         let bin_dir = root.join(pid.to_string()).join("root/usr/bin");
         fs::create_dir_all(&bin_dir).unwrap();

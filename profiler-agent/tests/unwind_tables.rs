@@ -19,7 +19,15 @@ fn profile(exe: &Path, secs: &str, out: &Path, extra: &[&str]) -> (Vec<FlatSampl
 
 fn profile_gated(fixture: Gated, out: &Path, extra: &[&str]) -> (Vec<FlatSample>, Vec<String>) {
     let hz = HZ.parse().unwrap();
-    let run = profile_pid(fixture, out, Profiling { hz, extra });
+    let run = profile_pid(
+        fixture,
+        out,
+        Profiling {
+            hz,
+            extra,
+            ..Profiling::default()
+        },
+    );
     (run.samples(), run.log)
 }
 

@@ -1,6 +1,7 @@
 //! An opened ELF file: its bytes, identity, build IDs and PT_LOAD segments.
 
 use std::fs::File;
+use std::io::Read as _;
 use std::ops::Deref;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -90,12 +91,21 @@ impl Binary {
     /// Opens `open` (e.g. `/proc/PID/map_files/START-END`) but records `original` (the path in
     /// `/proc/PID/maps`) as the binary's path, so `.gnu_debuglink` is searched next to it.
     pub fn open_as(open: &Path, original: &Path) -> Result<Arc<Binary>, Error> {
-        let path = open;
+        let file = File::open(open).map_err(|source| Error::Io {
+            path: open.to_path_buf(),
+            source,
+        })?;
+        Self::from_file(file, original)
+    }
+
+    /// Maps an already open file (one opened safely inside a process's root, say), recording
+    /// `original` as its path.
+    pub fn from_file(file: File, original: &Path) -> Result<Arc<Binary>, Error> {
+        let path = original;
         let io = |source| Error::Io {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
         let meta = file.metadata().map_err(io)?;
         // SAFETY: the mapping is private and read-only. If another process truncates the file
         // while it is mapped, reads past the new end fault (SIGBUS); that is the accepted cost of
@@ -104,7 +114,11 @@ impl Binary {
         let data = match unsafe { memmap2::Mmap::map(&file) } {
             Ok(m) => Bytes::Mapped(m),
             // Empty files and some special files cannot be mapped; read them instead.
-            Err(_) => Bytes::Owned(std::fs::read(path).map_err(io)?),
+            Err(_) => {
+                let mut bytes = Vec::new();
+                (&file).read_to_end(&mut bytes).map_err(io)?;
+                Bytes::Owned(bytes)
+            }
         };
         let file_id = BinaryId::File {
             dev: meta.dev(),

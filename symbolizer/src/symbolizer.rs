@@ -16,6 +16,10 @@ pub struct SymbolizerConfig {
     pub inlines: bool,
     /// Where separate debug files are searched (`.build-id/xx/yyyy.debug` and debuglink names).
     pub debug_dirs: Vec<PathBuf>,
+    /// Search for separate debug files at all. Off for callers that found them already
+    /// (a profiler does, while the process and its mount namespace are still there, with
+    /// [`crate::dwarf::find_debug_file_with`]).
+    pub search_debug_files: bool,
     /// How many parsed binaries to keep.
     pub cache_binaries: usize,
     /// How many resolved addresses to keep per binary; 0 disables the address cache.
@@ -27,6 +31,7 @@ impl Default for SymbolizerConfig {
         SymbolizerConfig {
             inlines: true,
             debug_dirs: vec![PathBuf::from("/usr/lib/debug")],
+            search_debug_files: true,
             cache_binaries: 32,
             cache_addresses: 1 << 16,
         }

@@ -24,7 +24,9 @@ use crate::{
     bpf::mapped_rows::MappedRows,
     process::{
         file_id::FileIdentity,
+        mapped_file::{open_error_counter, open_mapped, MappedFile},
         maps::{self, MapEntry},
+        read_start_time,
     },
     stats::{AgentCounter, AgentStats},
 };
@@ -78,6 +80,11 @@ struct MappingEntries {
 /// What one process put into the maps.
 #[derive(Default)]
 struct ProcessEntries {
+    /// `/proc/PID/stat` start time when first synced: a pid found with another start time
+    /// was reused, and its entries belong to the process that had it before.
+    start_time: Option<u64>,
+    /// A fault (a binary that could not be opened) was logged for this process already.
+    fault_logged: bool,
     /// The process-wide `NO_TABLE` entry, present once any mapping has a table.
     process_key: Option<Key<MappingKey>>,
     mappings: HashMap<MappingId, MappingEntries>,
@@ -144,24 +151,37 @@ impl UnwindTables {
     }
 
     /// Adds the mapping entries of `pid`, compiling and loading the tables it still lacks.
+    /// Entries left by an earlier process with the same pid are dropped first.
     pub fn on_new_process(&mut self, pid: u32) {
-        if !self.procs.contains_key(&pid) {
-            self.sync(pid);
+        if let Some(entries) = self.procs.get(&pid) {
+            if entries.start_time == read_start_time(&self.pid_dir(pid)) {
+                return;
+            }
+            self.remove_process(pid);
         }
+        self.sync(pid);
+    }
+
+    fn pid_dir(&self, pid: u32) -> PathBuf {
+        self.proc_root.join(pid.to_string())
     }
 
     /// Brings the entries of `pid` in line with its current maps: mappings that appeared
     /// (dlopen, exec) are added, mappings that went away are removed with their tables.
     pub fn sync(&mut self, pid: u32) {
         let started = Instant::now();
-        let dir = self.proc_root.join(pid.to_string());
+        let dir = self.pid_dir(pid);
         // Kernel threads and processes that already exited have no maps: nothing to add.
-        let maps = std::fs::read_to_string(dir.join("maps"))
-            .ok()
-            .and_then(|t| maps::parse_maps(&t).ok());
-        let Some(maps) = maps else {
-            self.remove_process(pid);
-            return;
+        let maps = match maps::read_maps(&dir.join("maps")) {
+            Ok(read) => {
+                self.stats
+                    .add(AgentCounter::MapsTornReads, u64::from(read.torn_reads));
+                read.entries
+            }
+            Err(_) => {
+                self.remove_process(pid);
+                return;
+            }
         };
         let wanted: HashMap<MappingId, &MapEntry> = maps
             .iter()
@@ -178,7 +198,10 @@ impl UnwindTables {
                 )
             })
             .collect();
-        let mut entries = self.procs.remove(&pid).unwrap_or_default();
+        let mut entries = self.procs.remove(&pid).unwrap_or_else(|| ProcessEntries {
+            start_time: read_start_time(&dir),
+            ..ProcessEntries::default()
+        });
         let stale: Vec<MappingId> = entries
             .mappings
             .keys()
@@ -195,7 +218,9 @@ impl UnwindTables {
                 continue;
             }
             let mut added = MappingEntries::default();
-            if let Err(error) = self.add_mapping(pid, &dir, entry, &mut added) {
+            if let Err(error) =
+                self.add_mapping(pid, &dir, entry, &mut added, &mut entries.fault_logged)
+            {
                 self.stats.inc(AgentCounter::UnwindMapErrors);
                 warn!(pid, path = %entry.path, error = format!("{error:#}"), "cannot add unwind mapping");
             }
@@ -236,16 +261,21 @@ impl UnwindTables {
         dir: &Path,
         entry: &MapEntry,
         out: &mut MappingEntries,
+        fault_logged: &mut bool,
     ) -> Result<()> {
-        let file = match mapped_file_identity(dir, entry) {
-            Ok(file) => file,
+        let opened = match open_mapped(dir, entry, &self.stats) {
+            Ok(opened) => opened,
             Err(error) => {
-                // Gone before we looked: nothing to unwind with, and nothing to remember.
-                debug!(pid, path = %entry.path, error = %chain(&error), "mapped file not found");
+                // Nothing to unwind with, and nothing to remember: a later sync retries.
+                self.stats.inc(open_error_counter(&error));
+                if !std::mem::replace(fault_logged, true) {
+                    info!(pid, path = %entry.path, error = %chain(&error), "cannot open a mapped binary for its unwind table; frame pointers there (logged once per process)");
+                }
                 return Ok(());
             }
         };
-        let Some(table_id) = self.table_for(pid, dir, entry, file) else {
+        let file = opened.identity;
+        let Some(table_id) = self.table_for(pid, entry, opened) else {
             return Ok(());
         };
         let Some(loaded) = self.files.get(&file) else {
@@ -308,19 +338,25 @@ impl UnwindTables {
 
     /// The table id for `file`, loading its table if no other process has; one more user
     /// either way. `None` when the binary has no usable table.
-    fn table_for(&mut self, pid: u32, dir: &Path, entry: &MapEntry, file: FileKey) -> Option<u32> {
+    fn table_for(&mut self, pid: u32, entry: &MapEntry, opened: MappedFile) -> Option<u32> {
+        let file = opened.identity;
         if self.failed.contains(&file) || self.over_budget.contains(&file) {
             return None;
         }
         if let Some(placement) = self.store.share(&file) {
+            self.stats.inc(AgentCounter::UnwindTableCacheHits);
             return Some(placement.table_id);
         }
-        let data = match read_mapped_file(dir, entry) {
+        // SAFETY: a private read-only mapping of a file the agent only reads. A file
+        // truncated while compiling would fault the reads past its new end (SIGBUS); binaries
+        // that run are replaced by rename, not rewritten in place (the symbolizer accepts the
+        // same risk for the same reason).
+        let data = match unsafe { memmap2::Mmap::map(&opened.file) } {
             Ok(data) => data,
             Err(error) => {
                 self.stats.inc(AgentCounter::UnwindCompileFailed);
                 self.mark_failed(file);
-                debug!(pid, path = %entry.path, error = format!("{error:#}"), "cannot read binary for its unwind table");
+                debug!(pid, path = %entry.path, error = %error, "cannot map binary for its unwind table");
                 return None;
             }
         };
@@ -424,13 +460,22 @@ impl UnwindTables {
         self.over_budget.clear();
     }
 
-    /// Removes the entries of processes that exited and frees tables no process uses, and
-    /// follows the mappings of the others (dlopen, dlclose, exec). Called once per profile
-    /// interval.
-    pub fn refresh(&mut self) {
-        let pids: Vec<u32> = self.procs.keys().copied().collect();
-        for pid in pids {
-            self.sync(pid);
+    /// Takes out the entries of processes that exited, or whose pid now belongs to another
+    /// process, in case their exit event was lost. Called once per profile interval. The
+    /// mappings of live processes are followed by exec events and by the kernel's
+    /// unwind-miss requests, not by reading every process's maps again.
+    pub fn sweep_exited(&mut self) {
+        let gone: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(&pid, entries)| {
+                let now = read_start_time(&self.pid_dir(pid));
+                now.is_none() || now != entries.start_time
+            })
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in gone {
+            self.remove_process(pid);
         }
     }
 
@@ -441,24 +486,4 @@ impl UnwindTables {
         }
         self.failed.insert(file);
     }
-}
-
-/// The identity of the file behind a mapping, found the same way as its bytes.
-fn mapped_file_identity(dir: &Path, entry: &MapEntry) -> std::io::Result<FileIdentity> {
-    let by_range = dir
-        .join("map_files")
-        .join(format!("{:x}-{:x}", entry.start, entry.end));
-    FileIdentity::of(&by_range)
-        .or_else(|_| FileIdentity::of(&dir.join("root").join(entry.path.trim_start_matches('/'))))
-}
-
-/// The file behind a mapping: through map_files (works for deleted files and other mount
-/// namespaces), else through the process's root.
-fn read_mapped_file(dir: &Path, entry: &MapEntry) -> Result<Vec<u8>> {
-    let by_range = dir
-        .join("map_files")
-        .join(format!("{:x}-{:x}", entry.start, entry.end));
-    std::fs::read(&by_range)
-        .or_else(|_| std::fs::read(dir.join("root").join(entry.path.trim_start_matches('/'))))
-        .with_context(|| format!("reading {}", entry.path))
 }

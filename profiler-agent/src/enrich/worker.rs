@@ -29,7 +29,7 @@ pub enum Request {
     Resync(u32),
     /// It exited: take its entries out of the kernel maps.
     Exited(u32),
-    /// A profile interval ended: sweep what exited unnoticed, follow unmapped libraries.
+    /// A profile interval ended: sweep what exited unnoticed.
     EndInterval,
 }
 
@@ -128,7 +128,7 @@ fn handle(
                 c.sweep_exited();
             }
             if let Some(u) = unwind {
-                u.refresh();
+                u.sweep_exited();
             }
         }
     }

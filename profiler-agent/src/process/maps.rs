@@ -1,5 +1,5 @@
 //! Parsing of `/proc/PID/maps`.
-use std::num::ParseIntError;
+use std::{io, num::ParseIntError, path::Path};
 
 /// One line of `/proc/PID/maps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,18 +53,102 @@ pub enum ParseError {
         #[source]
         source: ParseIntError,
     },
+    /// A range that ends before it starts.
+    #[error("line {line}: range ends before it starts")]
+    Inverted {
+        /// 1-based line number.
+        line: usize,
+    },
+    /// Two entries overlap: the kernel hands the file out in chunks, and the mappings changed
+    /// between two of them.
+    #[error("mappings overlap at {addr:#x}: they changed while being read")]
+    Torn {
+        /// Start of the later of the two entries.
+        addr: u64,
+    },
 }
 
-/// Parses the whole file; the entries come back sorted by start address.
+/// Why the maps of a process could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The file could not be read (the process exited, mostly).
+    #[error("cannot read {path}")]
+    Io {
+        /// The maps file.
+        path: std::path::PathBuf,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+    /// The text did not parse, or kept changing under every read.
+    #[error("cannot parse {path}")]
+    Parse {
+        /// The maps file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: ParseError,
+    },
+}
+
+/// A consistent read of a maps file, and how many reads were torn before it.
+#[derive(Debug)]
+pub struct MapsRead {
+    /// The entries, sorted by start, non-overlapping.
+    pub entries: Vec<MapEntry>,
+    /// Reads thrown away because the mappings changed during them.
+    pub torn_reads: u32,
+}
+
+/// Reads found torn are retried this many times before the read fails.
+const TORN_RETRIES: u32 = 2;
+
+/// Reads and parses `path` (a `/proc/PID/maps`), reading again when the mappings changed
+/// during a read.
+pub fn read_maps(path: &Path) -> Result<MapsRead, ReadError> {
+    let mut torn_reads = 0;
+    loop {
+        let text = std::fs::read_to_string(path).map_err(|source| ReadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        match parse_maps(&text) {
+            Ok(entries) => {
+                return Ok(MapsRead {
+                    entries,
+                    torn_reads,
+                })
+            }
+            Err(ParseError::Torn { .. }) if torn_reads < TORN_RETRIES => torn_reads += 1,
+            Err(source) => {
+                return Err(ReadError::Parse {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Parses the whole file; the entries come back sorted by start address, and never overlap.
 pub fn parse_maps(text: &str) -> Result<Vec<MapEntry>, ParseError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        out.push(parse_line(i + 1, line)?);
+        let entry = parse_line(i + 1, line)?;
+        if entry.end < entry.start {
+            return Err(ParseError::Inverted { line: i + 1 });
+        }
+        out.push(entry);
     }
     out.sort_by_key(|m| m.start);
+    if let Some(pair) = out.windows(2).find(|w| w[1].start < w[0].end) {
+        return Err(ParseError::Torn {
+            addr: pair[1].start,
+        });
+    }
     Ok(out)
 }
 
@@ -171,11 +255,35 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
             "10-20",
             "10-20 r-xp 0 fe01 1 /x",
             "10 r-xp 0 fe:01 1",
+            "20-10 r-xp 0 fe:01 1 /x",
         ] {
             let r = parse_maps(bad);
             if !bad.is_empty() {
                 assert!(r.is_err(), "{bad:?}");
             }
         }
+    }
+
+    /// The kernel serves maps in chunks; a mapping that moved between two of them shows up
+    /// twice, overlapping its neighbour. Such a read is an error, not a silent mix.
+    #[test]
+    fn overlapping_entries_are_a_torn_read() {
+        let torn = "\
+1000-3000 r-xp 0 fe:01 1 /a
+2000-4000 r-xp 0 fe:01 2 /b
+";
+        assert_eq!(parse_maps(torn), Err(ParseError::Torn { addr: 0x2000 }));
+        let adjacent = "1000-2000 r-xp 0 fe:01 1 /a\n2000-3000 r-xp 0 fe:01 2 /b\n";
+        assert_eq!(parse_maps(adjacent).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn reading_a_real_maps_file() {
+        let read = read_maps(Path::new("/proc/self/maps")).unwrap();
+        assert!(read.entries.iter().any(|m| m.executable && m.is_file()));
+        assert!(matches!(
+            read_maps(Path::new("/proc/0/maps")),
+            Err(ReadError::Io { .. })
+        ));
     }
 }

@@ -2,6 +2,7 @@
 //! them (opened once per file identity), and the normalization of user addresses into
 //! (binary, ELF virtual address) while the process is still alive.
 pub mod file_id;
+pub mod mapped_file;
 pub mod maps;
 
 use crate::error_chain::chain;
@@ -12,10 +13,11 @@ use std::{
 };
 
 use symbolizer::Binary;
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::stats::{AgentCounter, AgentStats};
 use file_id::FileIdentity;
+use mapped_file::{open_error_counter, open_in_root, open_mapped};
 use maps::MapEntry;
 
 /// A process's maps are read again for a missing address at most this often: a process that
@@ -109,6 +111,8 @@ struct Process {
     last_seen: u64,
     /// When an address missing from the maps last made us read them again.
     last_miss_reread: Option<std::time::Instant>,
+    /// A fault (a binary that could not be opened) was logged already.
+    fault_logged: bool,
 }
 
 /// Every process seen in recent intervals.
@@ -162,12 +166,13 @@ impl Process {
             exited_ns: None,
             last_seen: 0,
             last_miss_reread: None,
+            fault_logged: false,
         }
     }
 }
 
 /// Field 22 of `/proc/PID/stat`, the process's start time.
-fn read_start_time(dir: &Path) -> Option<u64> {
+pub fn read_start_time(dir: &Path) -> Option<u64> {
     let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
     // The name (field 2) may hold spaces and parentheses: count from the last ')'.
     let after_name = &stat[stat.rfind(')')? + 1..];
@@ -390,6 +395,7 @@ impl Processes {
             exited_ns: None,
             last_seen: self.generation,
             last_miss_reread: None,
+            fault_logged: false,
         }
     }
 
@@ -410,15 +416,12 @@ impl Processes {
 
     fn read_maps(&mut self, pid: u32) -> Vec<MapEntry> {
         let path = self.proc_root.join(pid.to_string()).join("maps");
-        match std::fs::read_to_string(&path) {
-            Ok(text) => match maps::parse_maps(&text) {
-                Ok(maps) => maps,
-                Err(error) => {
-                    self.stats.inc(AgentCounter::MapsUnreadable);
-                    debug!(pid, error = %chain(&error), "unparsable maps; its frames stay unsymbolized");
-                    Vec::new()
-                }
-            },
+        match maps::read_maps(&path) {
+            Ok(read) => {
+                self.stats
+                    .add(AgentCounter::MapsTornReads, u64::from(read.torn_reads));
+                read.entries
+            }
             Err(error) => {
                 self.stats.inc(AgentCounter::MapsUnreadable);
                 debug!(pid, error = %chain(&error), "maps unreadable (process exited?); its frames stay unsymbolized");
@@ -543,52 +546,64 @@ impl Processes {
     /// Finds the mapped file, reuses the binary already opened for its identity, or opens it.
     fn open_file(&mut self, pid: u32, entry: &MapEntry) -> Option<BinaryKey> {
         let pid_dir = self.proc_root.join(pid.to_string());
+        let opened = match open_mapped(&pid_dir, entry, &self.stats) {
+            Ok(opened) => opened,
+            Err(error) => {
+                self.stats.inc(open_error_counter(&error));
+                if self.first_fault(pid) {
+                    info!(pid, path = %entry.path, error = %chain(&error), "cannot open a mapped binary; its frames stay unsymbolized (logged once per process)");
+                }
+                return None;
+            }
+        };
+        if let Some(&key) = self.by_file.get(&opened.identity) {
+            return Some(key);
+        }
         // The path inside the process's mount namespace: `.gnu_debuglink` and build-id
         // lookups search next to it, never under `map_files/`.
         let in_root = pid_dir
             .join("root")
             .join(entry.path.trim_start_matches('/'));
-        // map_files works even when the file was deleted or lives in another mount namespace.
-        let by_range = pid_dir
-            .join("map_files")
-            .join(format!("{:x}-{:x}", entry.start, entry.end));
-        let mut last_error = None;
-        for candidate in [&by_range, &in_root] {
-            let identity = match FileIdentity::of(candidate) {
-                Ok(id) => id,
-                Err(error) => {
-                    last_error = Some(chain(&error).to_string());
-                    continue;
-                }
-            };
-            if let Some(&key) = self.by_file.get(&identity) {
-                return Some(key);
+        match Binary::from_file(opened.file, &in_root) {
+            Ok(binary) => {
+                let key = self.next_key;
+                self.next_key += 1;
+                let root = pid_dir.join("root");
+                let debug_dirs = [root.join("usr/lib/debug"), DEBUG_DIR.into()];
+                // Candidates inside the process's root are resolved inside it.
+                let open = |path: &Path| match path.strip_prefix(&root) {
+                    Ok(inside) => open_in_root(&root, inside),
+                    Err(_) => std::fs::File::open(path),
+                };
+                let debug_file =
+                    symbolizer::dwarf::find_debug_file_with(&binary, &debug_dirs, &open);
+                self.binaries.insert(
+                    key,
+                    BinaryInfo {
+                        path: entry.path.clone(),
+                        binary,
+                        debug_file,
+                    },
+                );
+                self.by_file.insert(opened.identity, key);
+                Some(key)
             }
-            match Binary::open_as(candidate, &in_root) {
-                Ok(binary) => {
-                    let key = self.next_key;
-                    self.next_key += 1;
-                    let path = entry.path.clone();
-                    let debug_dirs = [pid_dir.join("root/usr/lib/debug"), DEBUG_DIR.into()];
-                    let debug_file = symbolizer::dwarf::find_debug_file(&binary, &debug_dirs);
-                    self.binaries.insert(
-                        key,
-                        BinaryInfo {
-                            path,
-                            binary,
-                            debug_file,
-                        },
-                    );
-                    self.by_file.insert(identity, key);
-                    return Some(key);
+            Err(error) => {
+                if self.first_fault(pid) {
+                    info!(pid, path = %entry.path, error = %chain(&error), "cannot read a mapped binary; its frames stay unsymbolized (logged once per process)");
                 }
-                Err(error) => last_error = Some(chain(&error).to_string()),
+                None
             }
         }
-        if let Some(error) = last_error {
-            debug!(pid, path = %entry.path, %error, "cannot open binary; its frames stay unsymbolized");
+    }
+
+    /// True the first time a fault is reported for this process: faults are counted every
+    /// time but logged once per process.
+    fn first_fault(&mut self, pid: u32) -> bool {
+        match self.procs.get_mut(&pid) {
+            Some(p) => !std::mem::replace(&mut p.fault_logged, true),
+            None => true,
         }
-        None
     }
 
     /// Called after each profile is handed off: forgets processes and binaries not seen for

@@ -63,11 +63,15 @@ impl ProfileWriter {
         let handle = std::thread::Builder::new()
             .name("profile-writer".into())
             .spawn(move || {
-                let symbols = Symbols::new(
-                    Symbolizer::new(SymbolizerConfig::default()),
-                    &kernel.kallsyms,
-                    &kernel.modules,
-                );
+                // Debug files were found by the process tracker, inside each process's root
+                // while it lived; searching again here would follow paths into roots that
+                // are gone or hostile.
+                let config = SymbolizerConfig {
+                    search_debug_files: false,
+                    ..SymbolizerConfig::default()
+                };
+                let symbols =
+                    Symbols::new(Symbolizer::new(config), &kernel.kallsyms, &kernel.modules);
                 WriterThread {
                     symbols,
                     sink,

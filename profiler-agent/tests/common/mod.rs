@@ -76,7 +76,21 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent and waits until it has attached on every CPU.
     pub fn start(output_dir: &Path, args: &[&str]) -> Agent {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_profiler-agent"))
+        Agent::start_wrapped(&[], output_dir, args)
+    }
+
+    /// [`Agent::start`] under `wrapper` (a command such as `setpriv …` that execs the rest).
+    pub fn start_wrapped(wrapper: &[&str], output_dir: &Path, args: &[&str]) -> Agent {
+        let agent = env!("CARGO_BIN_EXE_profiler-agent");
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(agent);
+                c
+            }
+            None => Command::new(agent),
+        };
+        let mut child = command
             .arg("--output-dir")
             .arg(output_dir)
             .args(args)
@@ -175,11 +189,17 @@ pub struct Profiling<'a> {
     pub hz: u32,
     /// More agent flags (`--profile-interval 60` is the default unless given here).
     pub extra: &'a [&'a str],
+    /// A command the agent runs under (see [`Agent::start_wrapped`]); empty for none.
+    pub wrapper: &'a [&'a str],
 }
 
 impl Default for Profiling<'_> {
     fn default() -> Self {
-        Profiling { hz: 99, extra: &[] }
+        Profiling {
+            hz: 99,
+            extra: &[],
+            wrapper: &[],
+        }
     }
 }
 
@@ -200,7 +220,7 @@ pub fn profile_pid_with(
         args.extend(["--profile-interval", "60"]);
     }
     args.extend_from_slice(how.extra);
-    let agent = Agent::start(out, &args);
+    let agent = Agent::start_wrapped(how.wrapper, out, &args);
     fixture.go();
     during(agent.pid(), pid);
     let stdout = fixture.finish();

@@ -11,7 +11,7 @@ use object::{Object, ObjectSection};
 use crate::demangle::demangle;
 use crate::{Binary, Error, Frame, Miss, SymbolizerConfig};
 
-pub use debug_file::find_debug_file;
+pub use debug_file::{find_debug_file, find_debug_file_with};
 use sections::{Reader, Sections};
 
 /// The parsed DWARF of one file, borrowing from the sections that it owns.
@@ -49,6 +49,9 @@ impl DwarfContext {
     pub fn load(binary: &Binary, config: &SymbolizerConfig) -> Result<Option<DwarfContext>, Error> {
         if has_debug_info(binary) {
             return Self::from_binary(binary).map(Some);
+        }
+        if !config.search_debug_files {
+            return Ok(None);
         }
         match find_debug_file(binary, &config.debug_dirs) {
             Some(debug) if has_debug_info(&debug) => Self::from_binary(&debug).map(Some),
