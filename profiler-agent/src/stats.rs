@@ -51,6 +51,9 @@ agent_counters! {
     /// `mmap_min_addr` (0, mostly) — garbage from a frame-pointer walk through code without
     /// frame pointers.
     UserStacksNonCanonical => ("user_stacks_non_canonical", Drop),
+    /// User stacks cut at a return address outside every executable mapping (heap, stack,
+    /// data, or no mapping): what a frame-pointer walk finds past code without frame pointers.
+    UserStacksOutsideCode => ("user_stacks_outside_code", Drop),
     /// `/proc/PID/maps` could not be read or parsed (the process exited first, mostly).
     MapsUnreadable => ("maps_unreadable", Drop),
     /// Lifecycle ring records that could not be decoded.

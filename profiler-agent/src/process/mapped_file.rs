@@ -177,7 +177,7 @@ fn checked(file: File, entry: &MapEntry, path: &Path, via: Via) -> Result<Mapped
 }
 
 fn is_overlay(file: &File) -> bool {
-    rustix::fs::fstatfs(file).is_ok_and(|s| s.f_type as i64 == OVERLAYFS_SUPER_MAGIC)
+    rustix::fs::fstatfs(file).is_ok_and(|s| s.f_type == OVERLAYFS_SUPER_MAGIC)
 }
 
 #[cfg(test)]
@@ -213,7 +213,7 @@ mod tests {
         symlink("../../../../secret", root.join("lib/liby.so")).unwrap();
 
         for name in ["libx.so", "liby.so"] {
-            let err = open_in_root(&root, &format!("/lib/{name}")).unwrap_err();
+            let err = open_in_root(&root, format!("/lib/{name}")).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::NotFound, "{name}: {err}");
         }
         // The same target planted inside the root is found there.

@@ -431,14 +431,26 @@ impl Processes {
     }
 
     /// Normalizes a user stack taken at `time_ns` (kernel clock), innermost first.
+    ///
+    /// The stack ends before the first return address outside every executable mapping
+    /// (heap, stack, data, or nothing at all): no real call returns there, so it and what a
+    /// frame-pointer walk found beyond it are garbage. Such cuts are counted in
+    /// `user_stacks_outside_code`. The innermost address, the sampled PC, is always kept.
     pub fn normalize(&mut self, pid: u32, time_ns: u64, addrs: &[u64]) -> Vec<UserFrame> {
-        addrs
-            .iter()
-            .map(|&addr| self.normalize_one(pid, time_ns, addr))
-            .collect()
+        let mut frames = Vec::with_capacity(addrs.len());
+        for (depth, &addr) in addrs.iter().enumerate() {
+            let (frame, in_code) = self.normalize_one(pid, time_ns, addr);
+            if depth > 0 && !in_code {
+                self.stats.inc(AgentCounter::UserStacksOutsideCode);
+                break;
+            }
+            frames.push(frame);
+        }
+        frames
     }
 
-    fn normalize_one(&mut self, pid: u32, time_ns: u64, addr: u64) -> UserFrame {
+    /// The frame for `addr`, and whether it lies in an executable mapping.
+    fn normalize_one(&mut self, pid: u32, time_ns: u64, addr: u64) -> (UserFrame, bool) {
         let which = {
             let p = self.process(pid, time_ns);
             match &p.previous {
@@ -461,21 +473,22 @@ impl Processes {
         }
         let Some(idx) = idx else {
             self.stats.inc(AgentCounter::UnmappedAddresses);
-            return UserFrame::Unmapped { addr };
+            return (UserFrame::Unmapped { addr }, false);
         };
         let Some(e) = self
             .image(pid, which)
             .and_then(|i| i.maps.get(idx))
             .cloned()
         else {
-            return UserFrame::Unmapped { addr };
+            return (UserFrame::Unmapped { addr }, false);
         };
+        let in_code = e.executable;
         let file_offset = addr - e.start + e.offset;
         if e.is_file() {
             if let Some(key) = self.open_binary(pid, which, idx) {
                 let info = self.binaries.get(&key);
                 if let Some(vaddr) = info.and_then(|i| i.binary.file_offset_to_vaddr(file_offset)) {
-                    return UserFrame::Binary { binary: key, vaddr };
+                    return (UserFrame::Binary { binary: key, vaddr }, in_code);
                 }
             }
         }
@@ -484,14 +497,15 @@ impl Processes {
         } else {
             Arc::from(e.path.as_str())
         };
-        UserFrame::Region {
+        let region = UserFrame::Region {
             name,
             offset: if e.is_file() {
                 file_offset
             } else {
                 addr - e.start
             },
-        }
+        };
+        (region, in_code)
     }
 
     fn image(&self, pid: u32, which: Which) -> Option<&Image> {
