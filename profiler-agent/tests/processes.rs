@@ -15,7 +15,12 @@ use symbolizer::{Binary, Symbolizer, SymbolizerConfig};
 fn dev_ino(path: &Path) -> String {
     use std::os::unix::fs::MetadataExt as _;
     let m = fs::metadata(path).unwrap();
-    format!("{:02x}:{:02x} {}", libc::major(m.dev()), libc::minor(m.dev()), m.ino())
+    format!(
+        "{:02x}:{:02x} {}",
+        libc::major(m.dev()),
+        libc::minor(m.dev()),
+        m.ino()
+    )
 }
 
 fn nm_symbol(exe: &Path, name: &str) -> u64 {
