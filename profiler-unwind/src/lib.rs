@@ -39,6 +39,8 @@ pub mod walk;
 #[cfg(feature = "std")]
 pub mod compile;
 #[cfg(feature = "std")]
+pub mod fuzzing;
+#[cfg(feature = "std")]
 pub mod mapping;
 #[cfg(feature = "std")]
 pub mod store;

@@ -36,12 +36,14 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the symbolizer's fuzz targets (cargo-fuzz, nightly) for a time budget each.
+    /// Run the fuzz targets (cargo-fuzz, nightly) of the symbolizer, the unwind-table compiler
+    /// and the agent's parsers for a time budget each.
     Fuzz {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
-        /// Targets to run (default: all of elf, dwarf, gopclntab, kallsyms, demangle).
+        /// Targets to run (default: all of elf, dwarf, gopclntab, kallsyms, demangle, eh_frame,
+        /// eh_frame_elf, proc_maps, ring_records, go_runtime).
         targets: Vec<String>,
     },
     /// Measure overhead against `perf record` at 19, 99 and 999 Hz.
