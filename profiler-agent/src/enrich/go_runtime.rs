@@ -77,8 +77,9 @@ pub fn go_version(obj: &object::File<'_>) -> Option<String> {
 
 fn read_at<'a>(obj: &object::File<'a>, addr: u64, len: usize) -> Option<&'a [u8]> {
     for s in obj.sections() {
-        if s.address() <= addr && addr < s.address() + s.size() {
-            let off = usize::try_from(addr - s.address()).ok()?;
+        // Section headers are input: address + size may not fit a u64.
+        if let Some(off) = addr.checked_sub(s.address()).filter(|&off| off < s.size()) {
+            let off = usize::try_from(off).ok()?;
             return s.data().ok()?.get(off..off.checked_add(len)?);
         }
     }
@@ -113,7 +114,8 @@ pub fn static_tls_offset(obj: &object::File<'_>, symbol: &str) -> Option<i64> {
         .chain(obj.dynamic_symbols())
         .find(|s| s.name() == Ok(symbol) && s.kind() == object::SymbolKind::Tls)?;
     let (vaddr, memsz, align) = tls_segment(obj)?;
-    Some(sym.address() as i64 - executable_tls_block_offset(vaddr, memsz, align)? as i64)
+    // Both come from the file: the difference may not fit.
+    (sym.address() as i64).checked_sub(executable_tls_block_offset(vaddr, memsz, align)? as i64)
 }
 
 /// Distance from the thread pointer down to the executable's TLS block, as glibc lays it out

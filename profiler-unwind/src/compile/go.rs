@@ -36,10 +36,14 @@ pub(super) fn mark_stack_switches(file: &object::File<'_>, table: &mut CompiledT
         return;
     }
     // From just after the setup to the end: the function's calls return within this range.
-    let Some(end) = start.checked_add(size) else {
+    // The section's address is input too, so the setup may end past u64::MAX.
+    let (Some(body), Some(end)) = (
+        start.checked_add(FRAME_SETUP.len() as u64),
+        start.checked_add(size),
+    ) else {
         return;
     };
-    if replace_range(table, start + FRAME_SETUP.len() as u64, end) {
+    if replace_range(table, body, end) {
         table.stats.stack_switch_functions += 1;
     }
 }
