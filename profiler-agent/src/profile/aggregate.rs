@@ -274,7 +274,12 @@ mod tests {
 
     #[test]
     fn user_stacks_end_at_the_first_non_canonical_address() {
-        let (mut agg, mut procs, stats, _root) = setup(100);
+        let (mut agg, mut procs, stats, root) = setup(100);
+        // Executable anonymous memory (a JIT, say) under every canonical address below, so
+        // only the non-canonical cut applies.
+        let dir = root.path().join("10");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("maps"), "555500000000-555500010000 r-xp 0 00:00 0\n").unwrap();
         // "ysis for" read as a return address, then more garbage.
         agg.add(
             &sample(
