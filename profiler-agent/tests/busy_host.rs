@@ -203,9 +203,15 @@ fn three_hundred_processes_mapping_a_large_binary_lose_no_sample_at_999_hz() {
         t["enrich_queue_full"], 0,
         "enrichment requests were dropped: {t:?}"
     );
+    // Each of the 300 burning children maps the same five files; without sharing, every
+    // child would build its own tables.
     assert!(
         t["unwind_table_cache_hits"] >= 250,
         "the large library's table was not shared: {t:?}"
+    );
+    assert!(
+        t["unwind_tables_built"] < 60,
+        "tables were built again for files already loaded: {t:?}"
     );
 }
 
