@@ -67,7 +67,7 @@ fn check(samples: &[FlatSample], started: usize, share: f64) {
     let mut examples = Vec::new();
     for s in samples {
         let u = s.user_frames();
-        let kind = if u.starts_with(&chain) {
+        let kind = if u.starts_with(&chain) || in_the_clock_read(&u) {
             whole += s.count;
             continue;
         } else if u.iter().any(|f| f.starts_with("[unknown]")) {
@@ -99,6 +99,16 @@ fn check(samples: &[FlatSample], started: usize, share: f64) {
         whole as f64 >= share * total as f64,
         "only {whole}/{total} samples carry leaf <- middle <- outer <- main; the rest: {rest:?}"
     );
+}
+
+/// `outer` reads the CPU clock between calls to `middle`: a sample there is the fixture's
+/// other known chain, `[vdso] <- clock_gettime <- outer <- main`.
+fn in_the_clock_read(u: &[&str]) -> bool {
+    let inner = u
+        .iter()
+        .take_while(|f| f.starts_with("[vdso]") || f.contains("clock_gettime"))
+        .count();
+    inner > 0 && u[inner..].starts_with(&CHAIN[2..])
 }
 
 const NOFP: [&str; 3] = ["-O2", "-fomit-frame-pointer", "-fno-optimize-sibling-calls"];
@@ -137,10 +147,8 @@ fn short_lived_processes_without_frame_pointers_keep_their_chain() {
 /// `sh -c 'exec ./fixture'`: the pid first runs the shell, then the fixture's image.
 #[test]
 fn short_lived_processes_that_exec_keep_their_chain() {
-    // 89.3-91.6% measured here, under the 90% aimed at: the shell's own exec doubles the
-    // preparation work per process, which competes with the two CPU-bound fixtures for this
-    // machine's two cores. Held at 85%; without lifecycle events it is about 5%.
-    short_lived("shortexec", &NOFP, true, 0.85);
+    // 93.5-94.5% measured here; without lifecycle events it is about 5%.
+    short_lived("shortexec", &NOFP, true, 0.9);
 }
 
 /// A program without frame pointers `dlopen`s a library without frame pointers and burns CPU
