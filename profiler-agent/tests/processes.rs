@@ -72,7 +72,7 @@ fn pie_addresses_normalize_to_elf_addresses() {
     fs::create_dir_all(&in_root).unwrap();
     fs::copy(&exe, in_root.join("chain")).unwrap();
     let maps = format!(
-        "{seg_start:x}-{seg_end:x} r-xp {:08x} {} /usr/bin/chain\n7ffc00000000-7ffc00002000 r-xp 00000000 00:00 0 [vdso]\n",
+        "{seg_start:x}-{seg_end:x} r-xp {:08x} {} /usr/bin/chain\n5555a0000000-5555a0021000 rw-p 00000000 00:00 0 [heap]\n7ffc00000000-7ffc00002000 r-xp 00000000 00:00 0 [vdso]\n",
         text.p_offset & !0xfff,
         dev_ino(&in_root.join("chain"))
     );
@@ -99,6 +99,25 @@ fn pie_addresses_normalize_to_elf_addresses() {
         matches!(&vdso[0], UserFrame::Region { name, offset: 0x10 } if &**name == "[vdso]"),
         "{vdso:?}"
     );
+
+    // A walk that reached the heap or unmapped memory read data as return addresses: the
+    // stack is cut there, counted, and what the walk found beyond is dropped. The sampled PC
+    // itself is always kept, wherever it is.
+    let leaf = base + nm_symbol(&exe, "leaf") + 1;
+    let middle = base + nm_symbol(&exe, "middle") + 1;
+    let main = base + nm_symbol(&exe, "main") + 1;
+    for garbage in [0x5555_a000_0100u64, 0x726f_6620_7369] {
+        let before = stats.get(AgentCounter::UserStacksOutsideCode);
+        let frames = procs.normalize(pid, 0, &[leaf, middle, garbage, main]);
+        assert_eq!(frames.len(), 2, "{garbage:#x}: {frames:?}");
+        assert_eq!(
+            stats.get(AgentCounter::UserStacksOutsideCode),
+            before + 1,
+            "{garbage:#x}"
+        );
+    }
+    let in_heap = procs.normalize(pid, 0, &[0x5555_a000_0100, middle, main]);
+    assert_eq!(in_heap.len(), 3, "{in_heap:?}");
 
     // The binary vanishes from disk: frames already opened keep normalizing.
     fs::remove_file(in_root.join("chain")).unwrap();
