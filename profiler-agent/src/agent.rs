@@ -299,6 +299,7 @@ pub async fn run(config: Config) -> Result<()> {
 
     loop {
         let reread_at = pipeline.next_reread();
+        let cpu_before = thread_cpu();
         let turn = tokio::select! {
             guard = ring.readable_mut() => {
                 let began = std::time::Instant::now();
@@ -337,6 +338,8 @@ pub async fn run(config: Config) -> Result<()> {
         // Each handler above returns when it began; the turn ends here.
         let busy_ms = turn.elapsed().as_millis() as u64;
         stats.raise(AgentCounter::RingStallMsMax, busy_ms);
+        let cpu_ms = thread_cpu().saturating_sub(cpu_before).as_millis() as u64;
+        stats.raise(AgentCounter::RingTurnCpuMsMax, cpu_ms);
     }
 
     // Read before detaching: the kernel forgets the program's statistics once it is unloaded.
@@ -365,4 +368,10 @@ pub async fn run(config: Config) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// CPU time the calling thread has used (waiting in `select!` uses none).
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32)
 }

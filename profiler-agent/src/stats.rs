@@ -63,6 +63,10 @@ agent_counters! {
     /// Longest turn of the ring thread's loop, in milliseconds (a drain, an interval handed
     /// off, lifecycle events): the longest time the thread could not come back to the ring.
     RingStallMsMax => ("ring_stall_ms_max", Gauge),
+    /// Most CPU time the ring thread spent in one turn of its loop, in milliseconds. Far
+    /// below `ring_stall_ms_max`, the stall was the scheduler's (a host with more runnable
+    /// threads than cores), not the agent's work.
+    RingTurnCpuMsMax => ("ring_turn_cpu_ms_max", Gauge),
     /// Oldest sample's age when it was read from the ring, in milliseconds. By design up to
     /// the drain interval (`--drain-interval-ms`) or less when the ring's wakeup threshold
     /// fills first; more means the ring thread was late.

@@ -54,6 +54,18 @@ enum Cmd {
         /// Frequencies to measure.
         #[arg(long, value_delimiter = ',', default_value = "19,99,999")]
         frequencies: Vec<u64>,
+        /// Scenarios to run.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "overhead,churn")]
+        scenarios: Vec<bench::Scenario>,
+        /// Churning host: short-lived processes started a second.
+        #[arg(long, default_value_t = 200)]
+        churn_rate: u64,
+        /// Churning host: long-lived processes running throughout.
+        #[arg(long, default_value_t = 200)]
+        churn_long_lived: usize,
+        /// Churning host: sampling frequency of both profilers.
+        #[arg(long, default_value_t = 99)]
+        churn_frequency: u64,
     },
 }
 
@@ -121,11 +133,21 @@ fn main() -> Result<()> {
         Cmd::Bench {
             seconds,
             frequencies,
+            scenarios,
+            churn_rate,
+            churn_long_lived,
+            churn_frequency,
         } => {
             setup::build_prerequisites()?;
             setup::test_tools()?;
             util::cargo(&["build", "--release", "-p", "profiler-agent"])?;
-            bench::run(seconds, &frequencies)
+            let churn = bench::ChurnShape {
+                seconds,
+                rate: churn_rate,
+                long_lived: churn_long_lived,
+                hz: churn_frequency,
+            };
+            bench::run(&scenarios, seconds, &frequencies, &churn)
         }
     }
 }

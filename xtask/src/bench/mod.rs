@@ -12,6 +12,10 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::util::{self, agent_binary, step, workspace_root};
 
+mod churn;
+
+pub use churn::Shape as ChurnShape;
+
 /// CPU time and peak RSS of a reaped child.
 struct Usage {
     cpu: Duration,
@@ -85,6 +89,8 @@ struct AgentRun {
     workload_secs: f64,
     bpf_ns_per_run: Option<u64>,
     samples: Option<u64>,
+    /// BPF maps' memlock bytes, read just before the agent was stopped.
+    bpf_memlock: Option<u64>,
     log: Vec<String>,
 }
 
@@ -148,6 +154,7 @@ fn run_agent_around(
     }
     let startup_cpu = proc_cpu(child.id()).unwrap_or_default();
     let workload_secs = workload()?;
+    let bpf_memlock = churn::bpf_map_memlock(child.id());
     sigint(&child);
     let usage = wait_with_usage(&mut child)?;
     let _ = reader.join();
@@ -158,6 +165,7 @@ fn run_agent_around(
         workload_secs,
         bpf_ns_per_run: None,
         samples: None,
+        bpf_memlock,
         log,
     };
     run.bpf_ns_per_run = run.field(&["bpf program run time"], "ns_per_run=");
@@ -416,9 +424,30 @@ fn or_na(v: Option<u64>) -> String {
     v.map(|n| n.to_string()).unwrap_or_else(|| "n/a".into())
 }
 
-pub fn run(seconds: u64, frequencies: &[u64]) -> Result<()> {
+/// Which parts of `cargo xtask bench` to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// One CPU-bound workload at each frequency, plus the label and unwinding costs.
+    Overhead,
+    /// Short-lived processes at a fixed rate among long-lived ones.
+    Churn,
+}
+
+pub fn run(scenarios: &[Scenario], seconds: u64, frequencies: &[u64], churn: &ChurnShape) -> Result<()> {
     let dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
+    let _stats = BpfStats::enable()?;
+    if scenarios.contains(&Scenario::Overhead) {
+        overhead(&dir, seconds, frequencies)?;
+    }
+    if scenarios.contains(&Scenario::Churn) {
+        churn::run(&dir, churn)?;
+    }
+    Ok(())
+}
+
+fn overhead(dir: &Path, seconds: u64, frequencies: &[u64]) -> Result<()> {
+    let dir = dir.to_path_buf();
     let exe = build_workload(&dir)?;
 
     step("calibrating the workload");
@@ -432,7 +461,6 @@ pub fn run(seconds: u64, frequencies: &[u64]) -> Result<()> {
             .collect::<Result<Vec<_>>>()?,
     );
 
-    let _stats = BpfStats::enable()?;
     let mut rows = Vec::new();
     for &hz in frequencies {
         step(&format!("{hz} Hz: agent"));
