@@ -4,6 +4,7 @@ mod bench;
 mod fuzz;
 mod setup;
 mod util;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -36,6 +37,16 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Boot each kernel of the matrix under qemu with a static agent and workloads, and check
+    /// what it profiled there (results in target/vm-matrix).
+    VmTest {
+        /// Kernels to boot.
+        #[arg(long, value_delimiter = ',', default_value = vm::DEFAULT_KERNELS)]
+        kernels: Vec<String>,
+        /// Only boot and print the per-kernel lines; skip the host-side assertions.
+        #[arg(long)]
+        no_check: bool,
+    },
     /// Run the fuzz targets (cargo-fuzz, nightly) of the symbolizer, the unwind-table compiler
     /// and the agent's parsers for a time budget each.
     Fuzz {
@@ -55,7 +66,12 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_value = "19,99,999")]
         frequencies: Vec<u64>,
         /// Scenarios to run.
-        #[arg(long, value_enum, value_delimiter = ',', default_value = "overhead,churn")]
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "overhead,churn"
+        )]
         scenarios: Vec<bench::Scenario>,
         /// Churning host: short-lived processes started a second.
         #[arg(long, default_value_t = 200)]
@@ -124,6 +140,11 @@ fn main() -> Result<()> {
             let mut cargo_args = vec!["test"];
             cargo_args.extend(args.iter().map(String::as_str));
             util::cargo(&cargo_args)
+        }
+        Cmd::VmTest { kernels, no_check } => {
+            setup::build_prerequisites()?;
+            setup::test_tools()?;
+            vm::run(&kernels, !no_check)
         }
         Cmd::Fuzz { seconds, targets } => {
             setup::build_prerequisites()?;

@@ -35,10 +35,16 @@ pub fn output(cmd: &mut Command) -> Option<String> {
 }
 
 pub fn cargo(args: &[&str]) -> Result<()> {
+    cargo_with_env(args, &[])
+}
+
+/// [`cargo`] with extra environment variables.
+pub fn cargo_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
     step(&format!("cargo {}", args.join(" ")));
     run(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(workspace_root()),
     )
 }

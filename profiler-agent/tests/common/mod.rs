@@ -422,3 +422,40 @@ fn build_go_with(version: &str, name: &str, out_dir: &Path, extra: &[&str], cgo:
     assert!(status.success(), "go {version} build of {name} failed");
     out
 }
+
+/// `name` is the function `want`, bare or with a module path (`chain_nofp::leaf`).
+pub fn is(name: &str, want: &str) -> bool {
+    name == want
+        || name
+            .strip_suffix(want)
+            .is_some_and(|head| head.ends_with("::"))
+}
+
+/// The sample's user frames hold leaf, middle, outer, main back to back, and a sample that
+/// reached `callback` crossed `through` (libc's qsort) on the way up to leaf.
+pub fn whole_chain(s: &FlatSample, callback: &str, through: Option<&str>) -> bool {
+    let user: Vec<&(String, String)> = s
+        .frames
+        .iter()
+        .filter(|(_, m)| m != "[kernel.kallsyms]")
+        .collect();
+    let Some(at) = user.iter().position(|(f, _)| is(f, "leaf")) else {
+        return false;
+    };
+    let chain = ["leaf", "middle", "outer", "main"];
+    if user.len() < at + chain.len()
+        || !chain
+            .iter()
+            .zip(&user[at..])
+            .all(|(want, (f, _))| is(f, want))
+    {
+        return false;
+    }
+    match (
+        through,
+        user[..at].iter().position(|(f, _)| is(f, callback)),
+    ) {
+        (Some(lib), Some(cb)) => user[cb + 1..at].iter().any(|(_, m)| m.contains(lib)),
+        _ => true,
+    }
+}

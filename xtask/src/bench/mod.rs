@@ -433,7 +433,12 @@ pub enum Scenario {
     Churn,
 }
 
-pub fn run(scenarios: &[Scenario], seconds: u64, frequencies: &[u64], churn: &ChurnShape) -> Result<()> {
+pub fn run(
+    scenarios: &[Scenario],
+    seconds: u64,
+    frequencies: &[u64],
+    churn: &ChurnShape,
+) -> Result<()> {
     let dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let _stats = BpfStats::enable()?;
