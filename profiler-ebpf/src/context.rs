@@ -49,21 +49,28 @@ fn copy_str<const CAP: usize>(dst: &mut [u8; CAP], ptr: u64, len: u64, truncated
     if len > CAP as u64 {
         *truncated = true;
     }
-    let n = if len > CAP as u64 {
-        CAP as u32
-    } else {
-        len as u32
-    };
-    // Mask and compare so the verifier sees the bound on the helper's size argument.
-    let n = n & 127;
-    if n == 0 || n > CAP as u32 {
+    let kept = if len > CAP as u64 { CAP as u64 } else { len };
+    if kept == 0 {
         return 0;
     }
-    // SAFETY: n <= CAP, the size of `dst`.
-    let ret =
-        unsafe { bpf_probe_read_user(dst.as_mut_ptr() as *mut c_void, n, ptr as *const c_void) };
+    // The compiler keeps `kept` on the stack (it is also the return value), and verifiers up
+    // to 6.1 forget a spilled register's bounds on reload. So the size is loaded on its own
+    // and bounded again right at the call, where no spill can come between.
+    // SAFETY: a volatile read of a local.
+    let size = unsafe { core::ptr::read_volatile(&kept) };
+    if size == 0 || size > CAP as u64 {
+        return 0;
+    }
+    // SAFETY: size <= CAP, the size of `dst`.
+    let ret = unsafe {
+        bpf_probe_read_user(
+            dst.as_mut_ptr() as *mut c_void,
+            size as u32,
+            ptr as *const c_void,
+        )
+    };
     if ret == 0 {
-        n as u8
+        kept as u8
     } else {
         0
     }

@@ -139,7 +139,9 @@ fn main() -> Result<()> {
             // Plain `cargo test` covers the default members; `--workspace` would build the eBPF crate for the host.
             let mut cargo_args = vec!["test"];
             cargo_args.extend(args.iter().map(String::as_str));
-            util::cargo(&cargo_args)
+            util::cargo(&cargo_args)?;
+            let kernels: Vec<String> = vm::DEFAULT_KERNELS.split(',').map(String::from).collect();
+            vm::run(&kernels, true)
         }
         Cmd::VmTest { kernels, no_check } => {
             setup::build_prerequisites()?;

@@ -115,15 +115,16 @@ while ! grep -q "profiling started" /tmp/agent.log && kill -0 $agent 2>/dev/null
 done
 if grep -q "profiling started" /tmp/agent.log; then
     echo "@@VM agent ready after $i ticks"
-    # Two at a time, one vCPU each: the C chains, then the trace-context programs.
-    (echo go | /w/chain 4 >/dev/null) &
+    # Two at a time, one vCPU each: the C chains, then the trace-context programs. Each
+    # starts half a second before it works, as the host tests start theirs before the gate.
+    ((sleep 0.5; echo go) | /w/chain 4 >/dev/null) &
     p1=$!
-    (echo go | /w/qsort_chain 4 >/dev/null) &
+    ((sleep 0.5; echo go) | /w/qsort_chain 4 >/dev/null) &
     p2=$!
     wait $p1 $p2
-    (echo go | /w/labels 4 {a} aaaaaaaaaaaaaaaa {b} bbbbbbbbbbbbbbbb >/dev/null) &
+    ((sleep 0.5; echo go) | /w/labels 4 {a} aaaaaaaaaaaaaaaa {b} bbbbbbbbbbbbbbbb >/dev/null) &
     p3=$!
-    (echo go | /w/otel_threads 4 {a} {b} >/dev/null) &
+    ((sleep 0.5; echo go) | /w/otel_threads 4 {a} {b} >/dev/null) &
     p4=$!
     wait $p3 $p4
     kill -INT $agent

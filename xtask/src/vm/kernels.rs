@@ -87,13 +87,24 @@ pub fn fetch(cache: &Path, kernel: &Kernel) -> Result<Image> {
         kernel.name, kernel.meta
     ));
     let apt = Apt::open(cache, kernel.suite)?;
-    // Breadth-first over linux-image-*/linux-binary-* dependencies.
-    let mut queue = vec![kernel.meta.to_string()];
-    let mut seen = 0;
-    while let Some(pkg) = queue.pop() {
-        seen += 1;
-        if seen > 8 {
+    // Breadth-first over linux-image-*/linux-binary-* dependencies; only a package that
+    // depends on no further image package is downloaded (meta packages are not always in
+    // the pool).
+    let mut queue = std::collections::VecDeque::from([kernel.meta.to_string()]);
+    let mut visited = 0;
+    while let Some(pkg) = queue.pop_front() {
+        visited += 1;
+        if visited > 8 {
             break;
+        }
+        let deeper: Vec<String> = apt
+            .depends(&pkg)?
+            .into_iter()
+            .filter(|d| d.starts_with("linux-image-") || d.starts_with("linux-binary-"))
+            .collect();
+        if !deeper.is_empty() {
+            queue.extend(deeper);
+            continue;
         }
         let deb = apt.download(&pkg)?;
         if let Some(path) = apt::contents(&deb)?
@@ -114,11 +125,6 @@ pub fn fetch(cache: &Path, kernel: &Kernel) -> Result<Image> {
                 .to_string();
             std::fs::write(&package_file, &package)?;
             return Ok(Image { vmlinuz, package });
-        }
-        for dep in apt.depends(&pkg)? {
-            if dep.starts_with("linux-image-") || dep.starts_with("linux-binary-") {
-                queue.insert(0, dep);
-            }
         }
     }
     bail!(
