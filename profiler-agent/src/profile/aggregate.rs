@@ -279,7 +279,11 @@ mod tests {
         // only the non-canonical cut applies.
         let dir = root.path().join("10");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("maps"), "555500000000-555500010000 r-xp 0 00:00 0\n").unwrap();
+        std::fs::write(
+            dir.join("maps"),
+            "555500000000-555500010000 r-xp 0 00:00 0\n",
+        )
+        .unwrap();
         // "ysis for" read as a return address, then more garbage.
         agg.add(
             &sample(

@@ -18,8 +18,10 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::util::{self, step, workspace_root};
 
-/// The kernels `vm-test` boots when none are named.
-pub const DEFAULT_KERNELS: &str = "5.10,6.1,6.12,7";
+/// The kernels `vm-test` (and so `cargo xtask test`) boots when none are named. 5.10 is not
+/// among them yet: it lacks bpf_loop and other helpers the one program variant uses
+/// (`--kernels 5.10 --no-check` shows it failing to load).
+pub const DEFAULT_KERNELS: &str = "6.1,6.12,7";
 
 fn cache_dir() -> PathBuf {
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
