@@ -58,13 +58,6 @@ impl Guest {
     }
 }
 
-fn label<'a>(s: &'a FlatSample, key: &str) -> Option<&'a str> {
-    s.str_labels
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
-
 /// At least 90% of `comm`'s samples satisfy `whole`.
 fn assert_chain(g: &Guest, comm: &str, whole: impl Fn(&FlatSample) -> bool) {
     let samples = g.of(comm);

@@ -10,13 +10,6 @@ use profiler_agent::enrich::go_runtime;
 const TRACE_A: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const TRACE_B: &str = "0af7651916cd43dd8448eb211c80319c";
 
-fn label<'a>(s: &'a FlatSample, key: &str) -> Option<&'a str> {
-    s.str_labels
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
-
 /// Runs a gated fixture under the agent; returns its samples.
 fn profile(exe: &Path, args: &[&str], dir: &Path) -> Vec<FlatSample> {
     let out = dir.join(format!(

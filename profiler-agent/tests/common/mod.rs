@@ -459,3 +459,11 @@ pub fn whole_chain(s: &FlatSample, callback: &str, through: Option<&str>) -> boo
         _ => true,
     }
 }
+
+/// The value of the sample's string label `key`.
+pub fn label<'a>(s: &'a FlatSample, key: &str) -> Option<&'a str> {
+    s.str_labels
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}

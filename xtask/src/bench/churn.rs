@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use super::{or_na, run_agent_around, sigint, wait_with_usage, AgentRun, Usage};
+use super::{or_na, run_agent_around, sigint, wait_with_usage, AgentRun, Crowd, Usage};
 use crate::util::{self, step, workspace_root};
 
 /// The scenario's shape: `rate` short processes a second for `seconds`, among `long_lived`.
@@ -48,39 +48,25 @@ fn build(dir: &Path) -> Result<Binaries> {
     })
 }
 
-/// Long-lived processes that each burn 200 µs every 200 ms (10% of one core for 200);
-/// killed on drop.
-struct Crowd(Vec<Child>);
-
-impl Crowd {
-    fn start(bins: &Binaries, n: usize) -> Result<Crowd> {
-        let mut children = Vec::with_capacity(n);
-        for i in 0..n {
-            let exe = if i % 2 == 0 {
-                &bins.frame_pointers
-            } else {
-                &bins.no_frame_pointers
-            };
-            let child = Command::new(exe)
-                .args(["long", "200", "200"])
-                .stdin(Stdio::null())
-                .spawn()
-                .context("start a long-lived process")?;
-            children.push(child);
-        }
-        // Let them load their libraries before anything is measured.
-        std::thread::sleep(Duration::from_millis(500));
-        Ok(Crowd(children))
+/// Long-lived processes that each burn 200 µs every 200 ms (10% of one core for 200).
+fn start_long_lived(bins: &Binaries, n: usize) -> Result<Crowd> {
+    let mut children = Vec::with_capacity(n);
+    for i in 0..n {
+        let exe = if i % 2 == 0 {
+            &bins.frame_pointers
+        } else {
+            &bins.no_frame_pointers
+        };
+        let child = Command::new(exe)
+            .args(["long", "200", "200"])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("start a long-lived process")?;
+        children.push(child);
     }
-}
-
-impl Drop for Crowd {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    // Let them load their libraries before anything is measured.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(Crowd(children))
 }
 
 /// What the short-lived side of one run achieved.
@@ -236,7 +222,7 @@ pub fn run(dir: &Path, shape: &Shape) -> Result<()> {
         "churning host: {} long-lived processes, {} short-lived a second for {} s, {} Hz",
         shape.long_lived, shape.rate, shape.seconds, shape.hz
     ));
-    let crowd = Crowd::start(&bins, shape.long_lived)?;
+    let crowd = start_long_lived(&bins, shape.long_lived)?;
     step("churning host: agent");
     let profiles = dir.join("profiles-churn");
     let _ = std::fs::remove_dir_all(&profiles);

@@ -379,7 +379,7 @@ fn unwind_cost(dir: &Path, seconds: u64) -> Result<UnwindCost> {
     })
 }
 
-/// Idle processes that exist only to be found at start-up; killed on drop.
+/// Processes that exist only to populate the host; killed on drop.
 struct Crowd(Vec<std::process::Child>);
 
 impl Crowd {
